@@ -1,0 +1,65 @@
+"""The backend interface and the registry that finds backends by name.
+
+A backend turns a :class:`~slixmpp_http_upload.slot.SlotRequest` into a
+:class:`~slixmpp_http_upload.slot.Slot`. It is made by a *factory*:
+``factory(settings, options, path) -> Backend``, where ``settings`` are the
+``[http_upload]`` values, ``options`` the backend's own raw table (``[http_upload.<name>]``)
+and ``path`` the key path to name in a :class:`~slixmpp_http_upload.options.ConfigError`.
+A factory checks its options and does no I/O; ``create_slot`` may.
+
+Factories are found, in this order, among those given to :func:`register_backend` and those
+published in the entry-point group ``slixmpp_http_upload.backends`` (the S3 backend is one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .options import ConfigError
+from .slot import Slot, SlotRequest
+
+if TYPE_CHECKING:
+    from .config import UploadSettings
+
+ENTRY_POINT_GROUP = "slixmpp_http_upload.backends"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Makes upload slots. Raise any exception to refuse: the requester gets
+    ``wait/internal-server-error`` and the exception is logged."""
+
+    async def create_slot(self, request: SlotRequest) -> Slot: ...
+
+
+BackendFactory = Callable[["UploadSettings", Mapping[str, Any], str], Backend]
+
+_registered: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make ``factory`` available as ``backend = "<name>"``; a later call replaces it."""
+    _registered[name] = factory
+
+
+def known_backends() -> list[str]:
+    return sorted({*_registered, *(point.name for point in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def find_backend(name: str) -> BackendFactory:
+    """The factory registered as ``name``, or a ConfigError listing the known names."""
+    if name in _registered:
+        return _registered[name]
+    for point in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return point.load()
+    raise ConfigError(
+        "http_upload.backend", f"unknown backend {name!r} (known: {', '.join(known_backends()) or 'none'})"
+    )
+
+
+def create_backend(settings: UploadSettings) -> Backend:
+    """Build the backend that ``settings`` name, from its own options table."""
+    factory = find_backend(settings.backend)
+    return factory(settings, settings.backend_options, f"http_upload.{settings.backend}")

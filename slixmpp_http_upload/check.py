@@ -1,0 +1,115 @@
+"""``slixmpp-http-upload check``: prove a live S3 configuration works, step by step.
+
+Create a slot for a small probe file, PUT it with exactly the headers a standard XEP-0363
+client sends, GET it back anonymously and compare, then DELETE it with the configured key.
+Each step prints one line; a failure names the S3 error code and a hint.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from .s3 import S3Backend
+from .slot import SlotRequest
+
+PROBE = b"slixmpp-http-upload check probe\n"
+TIMEOUT = 15.0
+
+HINTS = {
+    "SignatureDoesNotMatch": "check secret_access_key, region and bucket_url (host, port, path)",
+    "InvalidAccessKeyId": "the server does not know access_key_id",
+    "NoSuchBucket": "the bucket named in bucket_url does not exist",
+    "RequestTimeTooSkewed": "this machine's clock is off",
+    "ExpiredToken": "the session_token has expired",
+    "InvalidToken": "the session_token is not valid",
+}
+ACCESS_HINTS = {
+    "put": "the key may not write to this bucket",
+    "get": "anonymous reads are refused: allow public read on the bucket, or set add_acl = true",
+    "delete": "the key may not delete in this bucket (the probe object stays)",
+}
+
+
+class StepFailed(Exception):
+    """A step failed; ``str()`` is the line to print after the step's name."""
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    body: bytes
+
+
+def http(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> HttpAnswer:
+    """One HTTP request; an S3 error answer raises StepFailed with its code and a hint."""
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return HttpAnswer(response.status, response.read())
+    except urllib.error.HTTPError as error:
+        raise StepFailed(_describe_http_error(method, error.code, error.read())) from None
+    except urllib.error.URLError as error:
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+        raise StepFailed(f"cannot reach {origin}: {error.reason} — is the S3 endpoint up?") from None
+    except (TimeoutError, OSError) as error:
+        raise StepFailed(f"no answer: {error}") from None
+
+
+def _describe_http_error(method: str, status: int, body: bytes) -> str:
+    code = _xml_text(body, "Code")
+    message = _xml_text(body, "Message")
+    line = f"HTTP {status} {code or ''}".rstrip()
+    if message:
+        line += f": {message}"
+    hint = HINTS.get(code or "") or (ACCESS_HINTS.get(method.lower()) if code == "AccessDenied" or status == 403 else None)
+    return f"{line} — {hint}" if hint else line
+
+
+def _xml_text(body: bytes, tag: str) -> str | None:
+    match = re.search(rb"<%s>([^<]*)</%s>" % (tag.encode(), tag.encode()), body)
+    return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def run_check(backend: S3Backend, domain: str, out: TextIO) -> bool:
+    """Run every step, print one line each; True when all passed."""
+    filename = f"slixmpp-http-upload-check-{secrets.token_hex(4)}.txt"
+    request = SlotRequest(filename=filename, size=len(PROBE), content_type="text/plain", domain=domain)
+    slot = backend.make_slot(request)
+    out.write(f"ok    slot    {slot.get_url} (PUT URL signed for {backend.expiration_time} s)\n")
+
+    def put() -> str:
+        headers = {"Content-Type": "text/plain", "Content-Length": str(len(PROBE))}
+        return f"HTTP {http('PUT', slot.put_url, PROBE, headers).status}, {len(PROBE)} bytes"
+
+    def get() -> str:
+        answer = http("GET", slot.get_url)
+        if answer.body != PROBE:
+            raise StepFailed(f"HTTP {answer.status} but the bytes differ ({len(answer.body)} bytes back)")
+        return f"HTTP {answer.status}, same {len(PROBE)} bytes, no credentials"
+
+    def delete() -> str:
+        key_path = urlsplit(slot.get_url).path
+        url = backend.presigned_url("DELETE", key_path, {"host": backend.bucket.host})
+        return f"HTTP {http('DELETE', url).status}"
+
+    steps: list[tuple[str, Callable[[], str]]] = [("put", put), ("get", get), ("delete", delete)]
+    passed = True
+    for name, step in steps:
+        try:
+            out.write(f"ok    {name:<7} {step()}\n")
+        except StepFailed as failure:
+            out.write(f"FAIL  {name:<7} {failure}\n")
+            passed = False
+            if name == "put":
+                out.write("skip  get     (nothing was uploaded)\nskip  delete  (nothing was uploaded)\n")
+                break
+    out.write("all checks passed\n" if passed else "the check failed\n")
+    return passed
+

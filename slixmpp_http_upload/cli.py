@@ -1,0 +1,112 @@
+"""The ``slixmpp-http-upload`` command: ``urls``, ``check`` and ``serve``.
+
+Exit status: 0 success, 1 refused or failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from .backends import create_backend
+from .config import Config, config_path, load_config
+from .options import ConfigError
+from .s3 import S3Backend
+from .sigv4 import MAX_EXPIRES
+from .slot import BadRequest, FileTooLarge, make_request
+
+PROG = "slixmpp-http-upload"
+
+
+class Refused(Exception):
+    """The command refuses its input; ``str()`` is the message."""
+
+
+def positive_integer(name: str, value: str, high: int | None = None) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1 or (high is not None and int(value) > high):
+        bound = f" no larger than {high}" if high is not None else ""
+        raise Refused(f"{name} must be a positive integer{bound}, got {value!r}")
+    return int(value)
+
+
+def command_urls(args: argparse.Namespace, config: Config) -> int:
+    """Print a slot's URLs, like ``mongooseimctl http_upload``."""
+    domains = config.component.domains
+    if domains and args.domain.lower() not in domains:
+        raise Refused(f"{args.domain!r} is not a served domain (component.domains: {', '.join(domains)})")
+    size = positive_integer("SIZE", args.size)
+    expiration = positive_integer("EXPIRATION", args.expiration, MAX_EXPIRES)
+    settings = dataclasses.replace(config.http_upload, expiration_time=expiration)
+    backend = create_backend(settings)
+    try:
+        request = make_request(
+            args.filename, size, args.content_type, domain=args.domain.lower(), max_file_size=settings.max_file_size
+        )
+    except (BadRequest, FileTooLarge) as error:
+        raise Refused(str(error)) from None
+    slot = asyncio.run(backend.create_slot(request))
+    print(f"PutURL: {slot.put_url}")
+    print(f"GetURL: {slot.get_url}")
+    for name, value in slot.put_headers:
+        print(f"Header: {name}: {value}")
+    return 0
+
+
+def command_check(args: argparse.Namespace, config: Config) -> int:
+    """Verify the S3 configuration against the live server."""
+    from .check import run_check
+
+    backend = create_backend(config.http_upload)
+    if not isinstance(backend, S3Backend):
+        raise Refused(f"check knows the s3 backend only, not {config.http_upload.backend!r}")
+    domain = config.component.domains[0] if config.component.domains else "localhost"
+    return 0 if run_check(backend, domain, sys.stdout) else 1
+
+
+def command_serve(args: argparse.Namespace, config: Config) -> int:
+    """Run the upload component(s) until SIGINT or SIGTERM."""
+    from .serve import serve
+
+    return serve(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="XEP-0363 HTTP File Upload service backed by S3.")
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
+        "-c", "--config", metavar="PATH", help="TOML configuration file (default: $SLIXMPP_HTTP_UPLOAD_CONFIG)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    urls = commands.add_parser(
+        "urls", parents=[config_option], help="print a PUT and a GET URL for manual testing"
+    )
+    urls.add_argument("domain", metavar="DOMAIN", help="served XMPP domain")
+    urls.add_argument("filename", metavar="FILENAME")
+    urls.add_argument("size", metavar="SIZE", help="file size in bytes")
+    urls.add_argument("content_type", metavar="CONTENT_TYPE", help='MIME type, or "" for none')
+    urls.add_argument("expiration", metavar="EXPIRATION", help="seconds the PUT URL stays valid")
+    urls.set_defaults(run=command_urls)
+
+    check = commands.add_parser("check", parents=[config_option], help="verify the S3 configuration live")
+    check.set_defaults(run=command_check)
+
+    serve = commands.add_parser("serve", parents=[config_option], help="run the upload component(s)")
+    serve.set_defaults(run=command_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(config_path(args.config))
+        return args.run(args, config)
+    except ConfigError as error:
+        print(f"{PROG}: configuration error: {error}", file=sys.stderr)
+        return 2
+    except Refused as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,171 @@
+"""The S3 backend: a slot is a SigV4-presigned PUT URL and the object's plain GET URL.
+
+Object URL = bucket_url (scheme, host, non-default port, path) + ``/<token>/<filename>``,
+the filename one path segment encoded exactly once. The signed headers are ``host``,
+``content-length`` (the declared size) and ``content-type`` when the client gave one, so S3
+itself refuses another type or a longer body. ``add_acl`` travels in the signed query string
+(``x-amz-acl=public-read``): the client sends no extra header.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .options import REQUIRED, ConfigError, Option, boolean, parse_table, text
+from .sigv4 import Credentials, presign_query, uri_encode
+from .slot import Slot, SlotRequest
+
+if TYPE_CHECKING:
+    from .config import UploadSettings
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_PATH = re.compile(r"^[A-Za-z0-9._~/-]*$")
+ACL_PARAMS = (("x-amz-acl", "public-read"),)
+
+
+@dataclass(frozen=True)
+class BucketUrl:
+    """A checked bucket_url: ``origin`` is ``scheme://host[:port]``, ``host`` the Host header
+    value, ``path`` the encoded path prefix without a trailing ``/``."""
+
+    origin: str
+    host: str
+    path: str
+
+
+def parse_bucket_url(value: Any) -> BucketUrl:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be an http:// or https:// URL")
+    parts = urlsplit(value.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain user info (give credentials as access_key_id/secret_access_key)")
+    if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
+        raise ValueError("must not contain a query or a fragment")
+    if not parts.hostname:
+        raise ValueError("must name a host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if not _PATH.match(parts.path):
+        raise ValueError("path may contain only letters, digits and '-._~/'")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is not None and port != DEFAULT_PORTS[scheme]:
+        host = f"{host}:{port}"
+    path = parts.path[:-1] if parts.path.endswith("/") else parts.path
+    return BucketUrl(origin=f"{scheme}://{host}", host=host, path=path)
+
+
+S3_OPTIONS = (
+    Option("bucket_url", REQUIRED, parse_bucket_url),
+    Option("add_acl", False, boolean),
+    Option("region", None, text),
+    Option("access_key_id", None, text),
+    Option("secret_access_key", None, text, secret=True),
+    Option("session_token", None, text, secret=True),
+)
+"""``[http_upload.s3]``. Left out, region and credentials come from the standard AWS
+environment variables (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``)."""
+
+
+def _region(values: Mapping[str, Any], path: str) -> str:
+    region = values["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise ConfigError(f"{path}.region", "is required (or set AWS_REGION)")
+    return text(region)
+
+
+def _credentials(values: Mapping[str, Any], path: str) -> Credentials:
+    key_id, secret = values["access_key_id"], values["secret_access_key"]
+    if key_id is None and secret is None:
+        key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        token = values["session_token"] or os.environ.get("AWS_SESSION_TOKEN") or None
+        if not key_id or not secret:
+            raise ConfigError(
+                f"{path}.access_key_id",
+                "is required (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            )
+        return Credentials(key_id, secret, token)
+    if key_id is None:
+        raise ConfigError(f"{path}.access_key_id", "is required when secret_access_key is set")
+    if secret is None:
+        raise ConfigError(f"{path}.secret_access_key", "is required when access_key_id is set")
+    return Credentials(key_id, secret, values["session_token"])
+
+
+class S3Backend:
+    """Presigned S3 slots; creating one does no I/O."""
+
+    def __init__(
+        self,
+        bucket: BucketUrl,
+        region: str,
+        credentials: Credentials,
+        *,
+        add_acl: bool = False,
+        expiration_time: int = 60,
+        token_bytes: int = 32,
+    ) -> None:
+        self.bucket = bucket
+        self.region = region
+        self.credentials = credentials
+        self.expiration_time = expiration_time
+        self.token_bytes = token_bytes
+        self.put_params = ACL_PARAMS if add_acl else ()
+
+    @classmethod
+    def from_settings(cls, settings: UploadSettings, options: Mapping[str, Any], path: str) -> S3Backend:
+        """The backend factory registered as ``s3``."""
+        values = parse_table(options, S3_OPTIONS, path)
+        return cls(
+            values["bucket_url"],
+            _region(values, path),
+            _credentials(values, path),
+            add_acl=values["add_acl"],
+            expiration_time=settings.expiration_time,
+            token_bytes=settings.token_bytes,
+        )
+
+    async def create_slot(self, request: SlotRequest) -> Slot:
+        return self.make_slot(request)
+
+    def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
+        """A new object key under a fresh random token; its presigned PUT and plain GET URLs."""
+        key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{uri_encode(request.filename)}"
+        headers = {"host": self.bucket.host, "content-length": str(request.size)}
+        if request.content_type:
+            headers["content-type"] = request.content_type
+        put_url = self.presigned_url("PUT", key_path, headers, now=now, extra_params=self.put_params)
+        return Slot(put_url=put_url, get_url=self.bucket.origin + key_path)
+
+    def presigned_url(
+        self,
+        method: str,
+        key_path: str,
+        headers: Mapping[str, str],
+        *,
+        now: float | None = None,
+        extra_params: Iterable[tuple[str, str]] = (),
+    ) -> str:
+        """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` signed."""
+        query = presign_query(
+            method=method,
+            canonical_uri=key_path,
+            headers=headers,
+            credentials=self.credentials,
+            region=self.region,
+            expires=self.expiration_time,
+            now=now,
+            extra_params=extra_params,
+        )
+        return f"{self.bucket.origin}{key_path}?{query}"

@@ -1,0 +1,117 @@
+"""What a slot request is, what a slot is, and the rules a request must follow.
+
+The same rules serve the XMPP plugin and the ``urls`` command: :func:`make_request` turns the
+raw fields into a :class:`SlotRequest` or raises :class:`BadRequest` / :class:`FileTooLarge`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slixmpp import JID
+
+ALLOWED_PUT_HEADERS = frozenset({"authorization", "cookie", "expires"})
+"""The only header names XEP-0363 lets a service hand to clients."""
+
+MAX_FILENAME_BYTES = 255
+
+
+class BadRequest(ValueError):
+    """A request field is missing or malformed; ``str()`` says which and why."""
+
+
+class FileTooLarge(ValueError):
+    """The declared size is over the limit."""
+
+    def __init__(self, max_file_size: int) -> None:
+        super().__init__("Declared file size exceeds the host's maximum file size.")
+        self.max_file_size = max_file_size
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """A valid request for an upload slot.
+
+    ``domain`` is the served XMPP domain; ``requester`` is None when no XMPP user asked
+    (the ``urls`` command). ``content_type`` is None when the client gave none (or "").
+    """
+
+    filename: str
+    size: int
+    content_type: str | None
+    domain: str
+    requester: JID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """Where to PUT the bytes (with optional headers) and where everyone GETs them."""
+
+    put_url: str
+    get_url: str
+    put_headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, value in self.put_headers:
+            if name.lower() not in ALLOWED_PUT_HEADERS:
+                raise ValueError(f"XEP-0363 forbids handing the header {name!r} to clients")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"the value of header {name!r} contains a line break")
+
+
+def make_request(
+    filename: str | None,
+    size: str | int | None,
+    content_type: str | None,
+    *,
+    domain: str,
+    max_file_size: int | None,
+    requester: JID | None = None,
+) -> SlotRequest:
+    """Check the raw fields of a slot request; ``max_file_size`` None means no limit."""
+    request = SlotRequest(
+        filename=check_filename(filename),
+        size=check_size(size),
+        content_type=check_content_type(content_type),
+        domain=domain,
+        requester=requester,
+    )
+    if max_file_size is not None and request.size > max_file_size:
+        raise FileTooLarge(max_file_size)
+    return request
+
+
+def check_filename(filename: str | None) -> str:
+    if not filename:
+        raise BadRequest("The filename is missing or empty.")
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in filename):
+        raise BadRequest("The filename contains control characters.")
+    if filename in (".", ".."):
+        raise BadRequest("The filename cannot be '.' or '..'.")
+    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise BadRequest(f"The filename is longer than {MAX_FILENAME_BYTES} bytes.")
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in filename):
+        raise BadRequest("The filename is not valid Unicode.")
+    return filename
+
+
+def check_size(size: str | int | None) -> int:
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    elif isinstance(size, str) and size.isascii() and size.isdigit():
+        value = int(size)
+    else:
+        raise BadRequest("The size is missing or not a positive decimal integer.")
+    if value < 1:
+        raise BadRequest("The size is missing or not a positive decimal integer.")
+    return value
+
+
+def check_content_type(content_type: str | None) -> str | None:
+    if not content_type:
+        return None
+    if "\r" in content_type or "\n" in content_type:
+        raise BadRequest("The content-type contains a line break.")
+    if not all(0x20 <= ord(char) < 0x7F for char in content_type):
+        raise BadRequest("The content-type must be printable ASCII.")
+    return content_type
