@@ -18,6 +18,7 @@ import time
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from slixmpp import JID
 from slixmpp.plugins import BasePlugin
 from slixmpp.stanza import Iq
 from slixmpp.xmlstream.handler import Callback
@@ -67,16 +68,22 @@ class HttpUploadServer(BasePlugin):
         dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
         self.xmpp.register_handler(Callback(HANDLER_NAME, RequestMatcher(set(self.dialects)), self._on_request))
+        self.advertised_jid: JID | None = None
         self._advertise()
+        self.xmpp.add_event_handler("session_bind", self._advertise)
+        self.xmpp.add_event_handler("session_end", self._on_session_end)
 
     def plugin_end(self) -> None:
         self.xmpp.remove_handler(HANDLER_NAME)
+        self.xmpp.del_event_handler("session_bind", self._advertise)
+        self.xmpp.del_event_handler("session_end", self._on_session_end)
         self.dispatcher.close()
-        disco = self.xmpp.plugin["xep_0030"]
-        disco.del_identity(category="store", itype="file", name="HTTP File Upload", jid=self.service_jid)
-        for dialect in self.dialects.values():
-            disco.del_feature(feature=dialect.namespace, jid=self.service_jid)
-        self.xmpp.plugin["xep_0128"].del_extended_info(jid=self.service_jid)
+        self._withdraw()
+
+    def _on_session_end(self, event: Any) -> None:
+        """The stream is gone, and with it every pending reply: drop the queued and running
+        requests (the dispatcher starts again on the next session's first request)."""
+        self.dispatcher.close()
 
     def _served_domain(self) -> str:
         domain = self.config.get("domain")
@@ -89,18 +96,34 @@ class HttpUploadServer(BasePlugin):
                 )
         return (domain or self.xmpp.boundjid.domain).lower()
 
-    def _advertise(self) -> None:
-        """disco#info: identity, a feature and (with a size limit) a form per dialect — once,
-        here, never on (re)connection, so the forms are never duplicated."""
+    def _advertise(self, _bound: object = None) -> None:
+        """disco#info on the JID we are bound to: identity, a feature and (with a size limit) a
+        form per dialect. Runs again on each bind, but only changes anything when a bot was
+        bound to another resource, so the forms are never duplicated."""
+        jid = JID(self.xmpp.boundjid.full)
+        if jid == self.advertised_jid:
+            return
+        self._withdraw()
         disco = self.xmpp.plugin["xep_0030"]
-        disco.add_identity(category="store", itype="file", name="HTTP File Upload", jid=self.service_jid)
+        disco.add_identity(category="store", itype="file", name="HTTP File Upload", jid=jid)
         for dialect in self.dialects.values():
-            disco.add_feature(dialect.namespace, jid=self.service_jid)
+            disco.add_feature(dialect.namespace, jid=jid)
             if self.settings.max_file_size is not None:
                 form = self.xmpp.plugin["xep_0004"].make_form(ftype="result")
                 form.add_field(var="FORM_TYPE", ftype="hidden", value=dialect.namespace)
                 form.add_field(var="max-file-size", value=str(self.settings.max_file_size))
-                self.xmpp.plugin["xep_0128"].add_extended_info(jid=self.service_jid, data=form)
+                self.xmpp.plugin["xep_0128"].add_extended_info(jid=jid, data=form)
+        self.advertised_jid = jid
+
+    def _withdraw(self) -> None:
+        jid, self.advertised_jid = self.advertised_jid, None
+        if jid is None:
+            return
+        disco = self.xmpp.plugin["xep_0030"]
+        disco.del_identity(category="store", itype="file", name="HTTP File Upload", jid=jid)
+        for dialect in self.dialects.values():
+            disco.del_feature(feature=dialect.namespace, jid=jid)
+        self.xmpp.plugin["xep_0128"].del_extended_info(jid=jid)
 
     def _on_request(self, iq: Iq) -> None:
         """Check a request inline, in stanza order, and schedule the slot; never raises."""

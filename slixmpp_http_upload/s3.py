@@ -9,6 +9,7 @@ itself refuses another type or a longer body. ``add_acl`` travels in the signed 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _PATH = re.compile(r"^[A-Za-z0-9._~/-]*$")
+_HOST = re.compile(r"^[a-z0-9._~-]+$")
+"""A host name (lower-cased by urlsplit) in unreserved characters; IPv6 literals are checked apart."""
+_IPV6_NETLOC = re.compile(r"^\[[0-9A-Fa-f:.]+\](:[0-9]*)?$")
 ACL_PARAMS = (("x-amz-acl", "public-read"),)
 
 
@@ -42,12 +46,15 @@ class BucketUrl:
 def parse_bucket_url(value: Any) -> BucketUrl:
     if not isinstance(value, str) or not value:
         raise ValueError("must be an http:// or https:// URL")
+    if "@" in value:
+        # User info may carry a password: a ConfigError with no deeper path keeps the value
+        # out of the message (a plain ValueError would be shown with ", got '<value>'").
+        # No valid bucket_url contains "@" anywhere (the path allows none, query and fragment are refused).
+        raise ConfigError("", "must not contain user info (give credentials as access_key_id/secret_access_key)")
     parts = urlsplit(value.strip())
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
         raise ValueError("must be an http:// or https:// URL")
-    if "@" in parts.netloc:
-        raise ValueError("must not contain user info (give credentials as access_key_id/secret_access_key)")
     if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
         raise ValueError("must not contain a query or a fragment")
     if not parts.hostname:
@@ -56,6 +63,15 @@ def parse_bucket_url(value: Any) -> BucketUrl:
         port = parts.port
     except ValueError:
         raise ValueError("has an invalid port") from None
+    if "[" in parts.netloc or ":" in parts.hostname:
+        if not _IPV6_NETLOC.match(parts.netloc):
+            raise ValueError("has an invalid IPv6 host (write it as [address] or [address]:port)")
+        try:
+            ipaddress.IPv6Address(parts.hostname)
+        except ValueError:
+            raise ValueError("has an invalid IPv6 host (write it as [address] or [address]:port)") from None
+    elif not _HOST.match(parts.hostname):
+        raise ValueError("host may contain only letters, digits and '-._~'")
     if not _PATH.match(parts.path):
         raise ValueError("path may contain only letters, digits and '-._~/'")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname

@@ -1,0 +1,287 @@
+"""Every configuration error: one line naming the key path and the problem, exit status 2.
+
+Each case starts from a valid file (``BASE``) and changes some keys; the command is the real
+entry point, ``slixmpp_http_upload.cli.main``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from slixmpp_http_upload.cli import main
+
+PREFIX = "slixmpp-http-upload: configuration error: "
+SECRET = "BASE-SECRET-wJalrXUtnFEMI-K7MDENG"
+AWS_VARIABLES = (
+    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "SLIXMPP_HTTP_UPLOAD_CONFIG",
+)
+DELETE = object()
+
+# table -> key -> raw TOML value
+BASE = {
+    "": {},
+    "component": {"domains": '["example.org"]'},
+    "http_upload": {"expiration_time": "60"},
+    "http_upload.s3": {
+        "bucket_url": '"https://s3.eu-west-1.amazonaws.com/bucket"',
+        "region": '"eu-west-1"',
+        "access_key_id": '"AKIDEXAMPLE"',
+        "secret_access_key": f'"{SECRET}"',
+    },
+}
+
+
+def render(changes: dict[str, object]) -> str:
+    """BASE with ``changes`` applied: ``"table.key": raw value`` sets, ``DELETE`` removes a key or a table."""
+    tables = {name: dict(keys) for name, keys in BASE.items()}
+    for path, value in changes.items():
+        if path in tables and value is DELETE:
+            del tables[path]
+            continue
+        table, _, key = path.rpartition(".")
+        if value is DELETE:
+            del tables[table][key]
+        else:
+            tables.setdefault(table, {})[key] = value
+    lines = []
+    for name, keys in tables.items():  # the top-level table ("") comes first
+        lines.extend([f"[{name}]"] if name else [])
+        lines.extend(f"{key} = {value}" for key, value in keys.items())
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in AWS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def urls(config: Path | None = None) -> list[str]:
+    return ["urls", *(["-c", str(config)] if config else []), "example.org", "file.txt", "10", "", "60"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def assert_config_error(status: int, out: str, err: str, expected: str) -> None:
+    assert status == 2
+    assert out == ""
+    assert err.startswith(PREFIX) and err.endswith("\n") and err.count("\n") == 1, err
+    assert expected in err, err
+    assert SECRET not in err and "hunter2" not in err
+
+
+def bucket_url(value: str) -> dict[str, object]:
+    return {"http_upload.s3.bucket_url": f'"{value}"'}
+
+
+BU = "http_upload.s3.bucket_url: "
+QUERY = "must not contain a query or a fragment"
+EXP = "http_upload.expiration_time: must be an integer from 1 to 604800"
+HOST_NAME = "http_upload.host: must be a domain name, where @HOST@ stands for each served domain"
+MAX_SIZE = 'http_upload.max_file_size: must be a positive integer (bytes) or "infinity"'
+
+CASES = {
+    # wrong type
+    "expiration-string": ({"http_upload.expiration_time": '"60"'}, f"{EXP}, got '60'"),
+    "expiration-float": ({"http_upload.expiration_time": "60.0"}, f"{EXP}, got 60.0"),
+    "expiration-bool": ({"http_upload.expiration_time": "true"}, f"{EXP}, got True"),
+    "legacy-namespaces": ({"http_upload.legacy_namespaces": '"yes"'},
+                          "http_upload.legacy_namespaces: must be true or false, got 'yes'"),
+    "add-acl": ({"http_upload.s3.add_acl": "1"}, "http_upload.s3.add_acl: must be true or false, got 1"),
+    "component-port": ({"component.port": '"5347"'}, "component.port: must be an integer from 1 to 65535"),
+    "domains-not-list": ({"component.domains": '"example.org"'}, "component.domains: must be a list of domain names"),
+    "region-empty": ({"http_upload.s3.region": '""'}, "http_upload.s3.region: must be a non-empty string"),
+    "allow-not-list": ({"http_upload.allow": '"alice@example.org"'},
+                       "http_upload.allow: must be a list of bare JIDs or domains"),
+    # out of range
+    "expiration-0": ({"http_upload.expiration_time": "0"}, f"{EXP}, got 0"),
+    "expiration-604801": ({"http_upload.expiration_time": "604801"}, f"{EXP}, got 604801"),
+    "token-bytes-15": ({"http_upload.token_bytes": "15"},
+                       "http_upload.token_bytes: must be an integer from 16 to 256, got 15"),
+    "component-port-0": ({"component.port": "0"}, "component.port: must be an integer from 1 to 65535, got 0"),
+    # required and unknown keys
+    "bucket-url-missing": ({"http_upload.s3.bucket_url": DELETE}, f"{BU}is required"),
+    "unknown-top": ({".colour": '"blue"'}, "colour: unknown option (known: component, http_upload, metrics)"),
+    "unknown-http-upload": ({"http_upload.colour": '"blue"'}, "http_upload.colour: unknown option (known: host, "),
+    "unknown-s3": ({"http_upload.s3.colour": '"blue"'}, "http_upload.s3.colour: unknown option (known: bucket_url, "),
+    "unknown-component": ({"component.colour": '"blue"'}, "component.colour: unknown option"),
+    # bucket_url
+    "bucket-url-ftp": (bucket_url("ftp://example.org/bucket"), f"{BU}must be an http:// or https:// URL"),
+    "bucket-url-no-scheme": (bucket_url("example.org/bucket"), f"{BU}must be an http:// or https:// URL"),
+    "bucket-url-not-string": ({"http_upload.s3.bucket_url": "42"}, f"{BU}must be an http:// or https:// URL"),
+    "bucket-url-no-host": (bucket_url("https:///bucket"), f"{BU}must name a host"),
+    "bucket-url-query": (bucket_url("https://example.org/bucket?x=1"), f"{BU}{QUERY}"),
+    "bucket-url-empty-query": (bucket_url("https://example.org/bucket?"), f"{BU}{QUERY}"),
+    "bucket-url-fragment": (bucket_url("https://example.org/bucket#top"), f"{BU}{QUERY}"),
+    "bucket-url-userinfo": (bucket_url("https://user:hunter2-pw@example.org/bucket"), f"{BU}must not contain user info"),
+    "bucket-url-userinfo-ftp": (bucket_url("ftp://user:hunter2-pw@example.org/b"), f"{BU}must not contain user info"),
+    "bucket-url-port-range": (bucket_url("https://example.org:99999/bucket"), f"{BU}has an invalid port"),
+    "bucket-url-port-text": (bucket_url("https://example.org:abc/bucket"), f"{BU}has an invalid port"),
+    "bucket-url-host-space": (bucket_url("https://exa mple.org/bucket"),
+                              f"{BU}host may contain only letters, digits and '-._~'"),
+    "bucket-url-ipv6-garbage": (bucket_url("http://[::1]x:8333/bucket"), f"{BU}has an invalid IPv6 host"),
+    "bucket-url-ipv6-invalid": (bucket_url("http://[v1.x]/bucket"), f"{BU}has an invalid IPv6 host"),
+    "bucket-url-path": (bucket_url("https://example.org/my bucket"), f"{BU}path may contain only"),
+    # host template and domains
+    "host-double-dot": ({"http_upload.host": '"upload..@HOST@"'}, f"{HOST_NAME}, got 'upload..@HOST@'"),
+    "host-space": ({"http_upload.host": '"up load.@HOST@"'}, f"{HOST_NAME}, got 'up load.@HOST@'"),
+    "host-twice": ({"http_upload.host": '"@HOST@.@HOST@"'}, "http_upload.host: must contain @HOST@ at most once"),
+    "host-not-string": ({"http_upload.host": "5"}, "http_upload.host: must be a non-empty string"),
+    "host-without-placeholder": (
+        {"component.domains": '["example.org", "example.net"]', "http_upload.host": '"upload.example.org"'},
+        "http_upload.host: must contain @HOST@ when component.domains lists several domains",
+    ),
+    "domain-invalid": ({"component.domains": '["exa mple.org"]'}, "component.domains: must be a domain name"),
+    "domain-twice": ({"component.domains": '["example.org", "EXAMPLE.org"]'},
+                     "component.domains: must not list a domain twice"),
+    # iqdisc
+    "iqdisc-name": ({"http_upload.iqdisc": '"fast"'},
+                    "http_upload.iqdisc.type: must be one of 'no_queue', 'one_queue', 'parallel', 'queues'"),
+    "iqdisc-type": ({"http_upload.iqdisc": "3"},
+                    "http_upload.iqdisc: must be one of no_queue, one_queue, parallel, queues"),
+    "iqdisc-table-type": ({"http_upload.iqdisc": '{type = "fast"}'}, "http_upload.iqdisc.type: must be one of"),
+    "iqdisc-queues-no-workers": ({"http_upload.iqdisc": '"queues"'},
+                                 "http_upload.iqdisc.workers: is required when type is 'queues'"),
+    "iqdisc-workers-not-queues": ({"http_upload.iqdisc": '{type = "one_queue", workers = 4}'},
+                                  "http_upload.iqdisc.workers: is only for type 'queues'"),
+    "iqdisc-workers-0": ({"http_upload.iqdisc": '{type = "queues", workers = 0}'},
+                         "http_upload.iqdisc.workers: must be an integer from 1 to 1024, got 0"),
+    "iqdisc-unknown-key": ({"http_upload.iqdisc": '{type = "queues", worker = 4}'},
+                           "http_upload.iqdisc.worker: unknown option"),
+    # max_file_size
+    "max-file-size-big": ({"http_upload.max_file_size": '"big"'}, f"{MAX_SIZE}, got 'big'"),
+    "max-file-size-0": ({"http_upload.max_file_size": "0"}, f"{MAX_SIZE}, got 0"),
+    "max-file-size-negative": ({"http_upload.max_file_size": "-1"}, f"{MAX_SIZE}, got -1"),
+    # allow/deny
+    "allow-full-jid": ({"http_upload.allow": '["alice@example.org/phone"]'},
+                       "http_upload.allow: 'alice@example.org/phone' is not a bare JID or a domain"),
+    # backend
+    "backend-unknown": ({"http_upload.backend": '"gcs"', "http_upload.s3": DELETE},
+                        "http_upload.backend: unknown backend 'gcs' (known: "),
+    # credentials: half given, or absent from both the file and the environment
+    "key-id-without-secret": ({"http_upload.s3.secret_access_key": DELETE},
+                              "http_upload.s3.secret_access_key: is required when access_key_id is set"),
+    "secret-without-key-id": ({"http_upload.s3.access_key_id": DELETE},
+                              "http_upload.s3.access_key_id: is required when secret_access_key is set"),
+    "no-credentials": (
+        {"http_upload.s3.access_key_id": DELETE, "http_upload.s3.secret_access_key": DELETE},
+        "http_upload.s3.access_key_id: is required (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    ),
+    "no-region": ({"http_upload.s3.region": DELETE}, "http_upload.s3.region: is required (or set AWS_REGION)"),
+}
+
+
+@pytest.mark.parametrize("changes, expected", CASES.values(), ids=CASES.keys())
+def test_configuration_error(tmp_path, capsys, changes, expected):
+    config = write(tmp_path, render(changes))
+    assert_config_error(*run(capsys, urls(config)), expected)
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"http_upload.s3.secret_access_key": "987654321"}, "http_upload.s3.secret_access_key"),
+        ({"http_upload.s3.secret_access_key": '"TOP-SECRET-\\u0007-VALUE"'}, "http_upload.s3.secret_access_key"),
+        ({"http_upload.s3.session_token": "987654321"}, "http_upload.s3.session_token"),
+        ({"http_upload.s3.session_token": '["TOP-SECRET-TOKEN"]'}, "http_upload.s3.session_token"),
+        ({"component.secret": "987654321"}, "component.secret"),
+        ({"component.secret": '"TOP-SECRET-\\n-VALUE"'}, "component.secret"),
+        (bucket_url("https://AKID:TOP-SECRET-PW@example.org/bucket"), "http_upload.s3.bucket_url"),
+        (bucket_url("ftp://AKID:TOP-SECRET-PW@example.org:99999/bucket"), "http_upload.s3.bucket_url"),
+        (bucket_url("AKID:TOP-SECRET-PW@example.org/bucket"), "http_upload.s3.bucket_url"),
+    ],
+)
+def test_secret_values_stay_out_of_messages(tmp_path, capsys, changes, key):
+    config = write(tmp_path, render(changes))
+    status, out, err = run(capsys, urls(config))
+    assert_config_error(status, out, err, f"{PREFIX}{key}: ")
+    assert "987654321" not in err and "TOP-SECRET" not in err
+
+
+def test_infinity_max_file_size_is_accepted(tmp_path, capsys):
+    config = write(tmp_path, render({"http_upload.max_file_size": '"infinity"'}))
+    status, out, err = run(capsys, ["urls", "-c", str(config), "example.org", "big.iso", str(10**15), "", "60"])
+    assert (status, err) == (0, "")
+    assert "PutURL: " in out
+
+
+def test_invalid_toml(tmp_path, capsys):
+    config = write(tmp_path, "[http_upload\nexpiration_time = 60\n")
+    assert_config_error(*run(capsys, urls(config)), "not valid TOML")
+
+
+def test_missing_file(tmp_path, capsys):
+    missing = tmp_path / "nowhere.toml"
+    assert_config_error(*run(capsys, urls(missing)), f"cannot read the configuration file '{missing}'")
+
+
+def test_no_config_option_and_no_environment_variable(capsys):
+    assert_config_error(
+        *run(capsys, urls()), "no configuration file: pass -c PATH or set SLIXMPP_HTTP_UPLOAD_CONFIG"
+    )
+
+
+def test_environment_variable_names_the_file_when_no_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLIXMPP_HTTP_UPLOAD_CONFIG", str(write(tmp_path, render({}))))
+    status, out, err = run(capsys, urls())
+    assert (status, err) == (0, "")
+    assert out.startswith("PutURL: https://s3.eu-west-1.amazonaws.com/bucket/")
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(render({"http_upload.token_bytes": "15"}), encoding="utf-8")
+    monkeypatch.setenv("SLIXMPP_HTTP_UPLOAD_CONFIG", str(bad))
+    assert_config_error(*run(capsys, urls()), "http_upload.token_bytes: must be an integer from 16 to 256")
+    # -c wins over the environment variable
+    assert run(capsys, urls(tmp_path / "config.toml"))[0] == 0
+
+
+def test_unknown_backend_lists_s3(tmp_path, capsys):
+    config = write(tmp_path, render({"http_upload.backend": '"nope"', "http_upload.s3": DELETE}))
+    status, out, err = run(capsys, urls(config))
+    assert_config_error(status, out, err, "unknown backend 'nope'")
+    known = err.rpartition("(known: ")[2].rstrip(")\n").split(", ")
+    assert "s3" in known
+
+
+@pytest.mark.parametrize("region_variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+@pytest.mark.parametrize("token", [None, "ENV/SESSION+TOKEN="])
+def test_region_and_credentials_from_environment(tmp_path, capsys, monkeypatch, region_variable, token):
+    config = write(tmp_path, render({
+        "http_upload.s3.region": DELETE, "http_upload.s3.access_key_id": DELETE,
+        "http_upload.s3.secret_access_key": DELETE,
+    }))
+    monkeypatch.setenv(region_variable, "ap-south-2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    if token:
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    status, out, err = run(capsys, urls(config))
+    assert (status, err) == (0, "")
+    put_url = out.splitlines()[0].removeprefix("PutURL: ")
+    query = parse_qs(urlsplit(put_url).query)
+    assert query["X-Amz-Credential"][0].startswith("AKIDFROMENV/")
+    assert query["X-Amz-Credential"][0].endswith("/ap-south-2/s3/aws4_request")
+    assert query.get("X-Amz-Security-Token") == ([token] if token else None)
+
+
+def test_file_values_win_over_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "ap-south-2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    status, out, _ = run(capsys, urls(write(tmp_path, render({}))))
+    credential = parse_qs(urlsplit(out.split()[1]).query)["X-Amz-Credential"][0]
+    assert status == 0 and credential.startswith("AKIDEXAMPLE/") and "/eu-west-1/" in credential

@@ -1,0 +1,146 @@
+"""The README's code runs: the bot example (two bots, one process, each with its own limit)
+and the custom backend example, installed through the entry-point group."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import importlib
+import re
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import slixmpp
+from slixmpp.exceptions import IqError
+
+from slixmpp_http_upload import cli
+
+README = Path(__file__).resolve().parent.parent / "README.rst"
+
+
+def readme_python_blocks() -> list[str]:
+    """The README's ``.. code-block:: python`` sections, dedented."""
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", README.read_text())
+    return [re.sub(r"^   ", "", block, flags=re.MULTILINE) for block in blocks]
+
+
+def readme_block(defines: str) -> str:
+    (block,) = [block for block in readme_python_blocks() if f"def {defines}(" in block]
+    return block
+
+
+# --- the custom backend ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def installed_example_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the README's backend as a distribution publishing ``external`` in the group."""
+    (tmp_path / "readme_backend.py").write_text(readme_block("make_backend"))
+    dist_info = tmp_path / "readme_backend-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: readme-backend\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[slixmpp_http_upload.backends]\nexternal = readme_backend:make_backend\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield
+    sys.modules.pop("readme_backend", None)
+
+
+def write_config(tmp_path: Path, backend_table: str) -> str:
+    path = tmp_path / "external.toml"
+    path.write_text(f'[component]\ndomains = ["example.com"]\n[http_upload]\nbackend = "external"\n{backend_table}')
+    return str(path)
+
+
+def test_readme_backend_serves_slots_through_the_entry_point(
+    installed_example_backend: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(
+        tmp_path, '[http_upload.external]\nbase_url = "https://files.example.com/up/"\nsecret = "hunter2"\n'
+    )
+    assert cli.main(["urls", "-c", config, "example.com", "my photo.jpg", "1234", "image/jpeg", "60"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    put, get = urlsplit(lines["PutURL"]), urlsplit(lines["GetURL"])
+    assert (put.netloc, put.path) == (get.netloc, get.path)
+    assert get.path.startswith("/up/") and get.path.endswith("/my%20photo.jpg")
+    path = unquote(get.path.removeprefix("/up/"))
+    expected = hmac.new(b"hunter2", f"{path}\0{1234}\0image/jpeg".encode(), hashlib.sha256).hexdigest()
+    assert put.query == f"v2={expected}"
+
+
+def test_readme_backend_checks_its_options(
+    installed_example_backend: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, '[http_upload.external]\nbase_url = "https://files.example.com/"\n')
+    assert cli.main(["urls", "-c", config, "example.com", "a.txt", "1", "", "60"]) == 2
+    assert "http_upload.external.secret: is required" in capsys.readouterr().err
+
+
+# --- the bot ----------------------------------------------------------------------------------
+
+
+async def online(client: slixmpp.ClientXMPP, prosody) -> slixmpp.ClientXMPP:
+    """Connect ``client`` to the test Prosody over plaintext loopback and wait for its session."""
+    client.enable_direct_tls = False
+    client.plugin["feature_mechanisms"].unencrypted_scram = True
+    started = asyncio.get_running_loop().create_future()
+    client.add_event_handler("session_start", lambda _: started.done() or started.set_result(None))
+    client.connect(host="127.0.0.1", port=prosody.c2s_port)
+    await asyncio.wait_for(started, 15)
+    return client
+
+
+async def offline(*clients: slixmpp.ClientXMPP) -> None:
+    for client in clients:
+        client.disconnect()
+        await asyncio.wait_for(client.disconnected, 10)
+
+
+async def test_two_readme_bots_each_answer_with_their_own_limit(prosody, seaweedfs) -> None:
+    namespace: dict = {}
+    exec(compile(readme_block("make_upload_bot"), "README.rst", "exec"), namespace)
+    make_upload_bot = namespace["make_upload_bot"]
+    prosody.register("carol", "carol-password")
+    s3 = {
+        "bucket_url": seaweedfs.bucket_url,
+        "region": seaweedfs.region,
+        "access_key_id": seaweedfs.access_key,
+        "secret_access_key": seaweedfs.secret_key,
+    }
+    limits = {"alice": 1000, "bob": 2000}
+    bots = {
+        user: await online(make_upload_bot(f"{prosody.jid(user)}/bot", prosody.users[user], s3, limit), prosody)
+        for user, limit in limits.items()
+    }
+    carol = slixmpp.ClientXMPP(prosody.jid("carol") + "/phone", "carol-password")
+    carol.register_plugin("xep_0030")
+    await online(carol, prosody)
+    try:
+        for user, limit in limits.items():
+            bot_jid = bots[user].boundjid.full
+            info = await carol.plugin["xep_0030"].get_info(jid=bot_jid, timeout=10)
+            assert f"<value>{limit}</value>" in str(info), str(info)
+            ok = await request_slot(carol, bot_jid, limit)
+            assert ok["type"] == "result"
+            with pytest.raises(IqError) as refused:
+                await request_slot(carol, bot_jid, limit + 1)
+            error = refused.value.iq["error"]
+            assert (error["type"], error["condition"]) == ("modify", "not-acceptable")
+            assert f"<max-file-size>{limit}</max-file-size>" in str(refused.value.iq)
+    finally:
+        await offline(carol, *bots.values())
+
+
+async def request_slot(client: slixmpp.ClientXMPP, to: str, size: int):
+    iq = client.make_iq_get(ito=to)
+    iq.append(
+        slixmpp.xmlstream.ET.fromstring(
+            f'<request xmlns="urn:xmpp:http:upload:0" filename="a.txt" size="{size}" content-type="text/plain"/>'
+        )
+    )
+    return await iq.send(timeout=10)
