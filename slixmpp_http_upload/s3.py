@@ -13,13 +13,13 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .options import REQUIRED, ConfigError, Option, boolean, parse_table, text
-from .sigv4 import Credentials, presign_query, uri_encode
+from .sigv4 import Credentials, Presigner, canonical_headers, uri_encode
 from .slot import Slot, SlotRequest
 
 if TYPE_CHECKING:
@@ -133,8 +133,7 @@ class S3Backend:
         token_bytes: int = 32,
     ) -> None:
         self.bucket = bucket
-        self.region = region
-        self.credentials = credentials
+        self.presigner = Presigner(credentials, region)
         self.expiration_time = expiration_time
         self.token_bytes = token_bytes
         self.put_params = ACL_PARAMS if add_acl else ()
@@ -158,30 +157,26 @@ class S3Backend:
     def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
         """A new object key under a fresh random token; its presigned PUT and plain GET URLs."""
         key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{uri_encode(request.filename)}"
-        headers = {"host": self.bucket.host, "content-length": str(request.size)}
-        if request.content_type:
-            headers["content-type"] = request.content_type
-        put_url = self.presigned_url("PUT", key_path, headers, now=now, extra_params=self.put_params)
-        return Slot(put_url=put_url, get_url=self.bucket.origin + key_path)
-
-    def presigned_url(
-        self,
-        method: str,
-        key_path: str,
-        headers: Mapping[str, str],
-        *,
-        now: float | None = None,
-        extra_params: Iterable[tuple[str, str]] = (),
-    ) -> str:
-        """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` signed."""
-        query = presign_query(
-            method=method,
-            canonical_uri=key_path,
-            headers=headers,
-            credentials=self.credentials,
-            region=self.region,
-            expires=self.expiration_time,
-            now=now,
-            extra_params=extra_params,
+        header_block, signed_headers = self.put_headers(request)
+        query = self.presigner.presign(
+            "PUT", key_path, header_block, signed_headers, self.expiration_time, now=now, extra_params=self.put_params
         )
+        object_url = self.bucket.origin + key_path
+        return Slot(put_url=f"{object_url}?{query}", get_url=object_url)
+
+    def put_headers(self, request: SlotRequest) -> tuple[str, str]:
+        """What :func:`~slixmpp_http_upload.sigv4.canonical_headers` makes of the headers a
+        PUT signs, written out in their sorted order: this runs for every slot."""
+        if request.content_type:
+            content_type = " ".join(request.content_type.split())
+            return (
+                f"content-length:{request.size}\ncontent-type:{content_type}\nhost:{self.bucket.host}\n",
+                "content-length;content-type;host",
+            )
+        return f"content-length:{request.size}\nhost:{self.bucket.host}\n", "content-length;host"
+
+    def presigned_url(self, method: str, key_path: str, headers: Mapping[str, str]) -> str:
+        """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` signed."""
+        header_block, signed_headers = canonical_headers(headers)
+        query = self.presigner.presign(method, key_path, header_block, signed_headers, self.expiration_time)
         return f"{self.bucket.origin}{key_path}?{query}"

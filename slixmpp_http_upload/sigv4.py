@@ -80,6 +80,75 @@ def signature(key: bytes, to_sign: str) -> str:
     return hmac.digest(key, to_sign.encode(), "sha256").hex()
 
 
+class Presigner:
+    """Presigns requests for one access key, region and service.
+
+    What does not depend on the request is cached: the signing key for the day, the date and
+    scope for the second, and the canonical query string for each signed-header list. A
+    presign is then one SHA-256 and one HMAC over strings joined once.
+    """
+
+    def __init__(self, credentials: Credentials, region: str, service: str = "s3") -> None:
+        self.credentials = credentials
+        self.region = region
+        self.service = service
+        self._second = -1
+        self._date = self._scope = ""
+        self._key = b""
+        self._queries: dict[tuple[str, int, tuple[tuple[str, str], ...]], str] = {}
+
+    def presign(
+        self,
+        method: str,
+        canonical_uri: str,
+        header_block: str,
+        signed_headers: str,
+        expires: int,
+        *,
+        now: float | None = None,
+        extra_params: tuple[tuple[str, str], ...] = (),
+    ) -> str:
+        """The query string of a presigned request, ``X-Amz-Signature`` last.
+
+        ``canonical_uri`` is the already-encoded path, exactly as it will appear in the URL;
+        ``header_block`` and ``signed_headers`` come from :func:`canonical_headers` for the
+        headers the client must send (``host`` included); ``extra_params`` are further values
+        to enforce through the query string, such as ``x-amz-acl``.
+        """
+        self._set_time(int(time.time() if now is None else now))
+        query = self._query(signed_headers, expires, extra_params)
+        request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
+        return f"{query}&X-Amz-Signature={signature(self._key, string_to_sign(self._date, self._scope, request))}"
+
+    def _set_time(self, second: int) -> None:
+        if second == self._second:
+            return
+        date = amz_date(second)
+        if date[:8] != self._date[:8]:
+            day = date[:8]
+            self._scope = credential_scope(day, self.region, self.service)
+            self._key = signing_key(self.credentials.secret_access_key, day, self.region, self.service)
+        self._second, self._date = second, date
+        self._queries.clear()
+
+    def _query(self, signed_headers: str, expires: int, extra_params: tuple[tuple[str, str], ...]) -> str:
+        cache_key = (signed_headers, expires, extra_params)
+        query = self._queries.get(cache_key)
+        if query is None:
+            params = [
+                ("X-Amz-Algorithm", ALGORITHM),
+                ("X-Amz-Credential", f"{self.credentials.access_key_id}/{self._scope}"),
+                ("X-Amz-Date", self._date),
+                ("X-Amz-Expires", str(expires)),
+                ("X-Amz-SignedHeaders", signed_headers),
+                *extra_params,
+            ]
+            if self.credentials.session_token:
+                params.append(("X-Amz-Security-Token", self.credentials.session_token))
+            query = self._queries[cache_key] = canonical_query_string(params)
+        return query
+
+
 def presign_query(
     *,
     method: str,
@@ -92,27 +161,8 @@ def presign_query(
     service: str = "s3",
     extra_params: Iterable[tuple[str, str]] = (),
 ) -> str:
-    """The query string of a presigned request, ``X-Amz-Signature`` last.
-
-    ``canonical_uri`` is the already-encoded path, exactly as it will appear in the URL;
-    ``headers`` are the headers the client must send (``host`` included); ``extra_params``
-    are further values to enforce through the query string, such as ``x-amz-acl``.
-    """
-    date = amz_date(time.time() if now is None else now)
-    day = date[:8]
-    scope = credential_scope(day, region, service)
+    """One presign with a fresh :class:`Presigner` (see :meth:`Presigner.presign`)."""
     header_block, signed_headers = canonical_headers(headers)
-    params = [
-        ("X-Amz-Algorithm", ALGORITHM),
-        ("X-Amz-Credential", f"{credentials.access_key_id}/{scope}"),
-        ("X-Amz-Date", date),
-        ("X-Amz-Expires", str(expires)),
-        ("X-Amz-SignedHeaders", signed_headers),
-        *extra_params,
-    ]
-    if credentials.session_token:
-        params.append(("X-Amz-Security-Token", credentials.session_token))
-    query = canonical_query_string(params)
-    request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
-    key = signing_key(credentials.secret_access_key, day, region, service)
-    return f"{query}&X-Amz-Signature={signature(key, string_to_sign(date, scope, request))}"
+    return Presigner(credentials, region, service).presign(
+        method, canonical_uri, header_block, signed_headers, expires, now=now, extra_params=tuple(extra_params)
+    )
