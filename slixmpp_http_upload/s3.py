@@ -1,7 +1,7 @@
 """The S3 backend: a slot is a SigV4-presigned PUT URL and the object's plain GET URL.
 
 Object URL = bucket_url (scheme, host, non-default port, path) + ``/<token>/<filename>``,
-the filename one path segment encoded exactly once. The signed headers are ``host``,
+the filename one path segment (see :func:`object_name`) encoded exactly once. The signed headers are ``host``,
 ``content-length`` (the declared size) and ``content-type`` when the client gave one, so S3
 itself refuses another type or a longer body. ``add_acl`` travels in the signed query string
 (``x-amz-acl=public-read``): the client sends no extra header.
@@ -81,6 +81,15 @@ def parse_bucket_url(value: Any) -> BucketUrl:
     return BucketUrl(origin=f"{scheme}://{host}", host=host, path=path)
 
 
+def object_name(filename: str) -> str:
+    """The file name as the last segment of the object key: ``/`` and ``\\`` become ``_``.
+
+    S3 servers treat both as folder separators (SeaweedFS and Ceph decode ``%2F`` before
+    checking the signature; SeaweedFS turns ``\\`` into ``/``), so neither can be sent safely.
+    """
+    return filename.replace("/", "_").replace("\\", "_")
+
+
 S3_OPTIONS = (
     Option("bucket_url", REQUIRED, parse_bucket_url),
     Option("add_acl", False, boolean),
@@ -156,7 +165,8 @@ class S3Backend:
 
     def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
         """A new object key under a fresh random token; its presigned PUT and plain GET URLs."""
-        key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{uri_encode(request.filename)}"
+        name = uri_encode(object_name(request.filename))
+        key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{name}"
         header_block, signed_headers = self.put_headers(request)
         query = self.presigner.presign(
             "PUT", key_path, header_block, signed_headers, self.expiration_time, now=now, extra_params=self.put_params

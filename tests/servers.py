@@ -331,6 +331,7 @@ class SeaweedFS(_Server):
             f"-s3.config={config}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",  # like AWS: a missing bucket is NoSuchBucket
             f"-admin.port={ports['admin']}",
             f"-admin.port.grpc={ports['admin_grpc']}",
             "-admin.ui=false",

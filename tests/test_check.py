@@ -1,0 +1,167 @@
+"""``slixmpp-http-upload check`` against a real S3 server (SeaweedFS): it passes on a good
+configuration, leaves nothing behind, and names the cause on a bad one, never printing a secret."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+
+from servers import SeaweedFS, free_ports
+from slixmpp_http_upload import cli
+
+PROBE_PREFIX = "slixmpp-http-upload-check"
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
+    return json.dumps(value)
+
+
+def write_config(
+    directory: Path,
+    seaweedfs: SeaweedFS,
+    *,
+    bucket_url: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+) -> str:
+    path = directory / "config.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[component]",
+                'domains = ["localhost"]',
+                "",
+                "[http_upload]",
+                "expiration_time = 120",
+                "",
+                "[http_upload.s3]",
+                f"bucket_url = {toml_string(bucket_url or seaweedfs.bucket_url)}",
+                f"region = {toml_string(seaweedfs.region)}",
+                f"access_key_id = {toml_string(access_key or seaweedfs.access_key)}",
+                f"secret_access_key = {toml_string(secret_key or seaweedfs.secret_key)}",
+                "",
+            ]
+        )
+    )
+    return str(path)
+
+
+def run_check(capsys: pytest.CaptureFixture[str], config: str, *secret_values: str) -> tuple[int, list[str]]:
+    """Run ``check``; return its exit status and stdout lines. No secret may be printed."""
+    status = cli.main(["check", "-c", config])
+    captured = capsys.readouterr()
+    for secret in secret_values:
+        assert secret not in captured.out and secret not in captured.err, "a secret was printed"
+    assert captured.err == ""
+    return status, captured.out.splitlines()
+
+
+def step(lines: list[str], name: str) -> str:
+    """The one line reporting step ``name``."""
+    found = [line for line in lines if re.match(rf"^(ok|FAIL|skip)\s+{name}\b", line)]
+    assert len(found) == 1, lines
+    return found[0]
+
+
+def keys(seaweedfs: SeaweedFS, bucket: str) -> list[str]:
+    listing = seaweedfs.client().list_objects_v2(Bucket=bucket)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_check_passes_and_cleans_up(tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS) -> None:
+    config = write_config(tmp_path, seaweedfs)
+    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+
+    assert status == 0, lines
+    assert step(lines, "slot").startswith(f"ok    slot    {seaweedfs.bucket_url}/")
+    assert "(PUT URL signed for 120 s)" in step(lines, "slot")
+    assert step(lines, "put").startswith("ok    put ")
+    assert step(lines, "get").startswith("ok    get ")
+    assert step(lines, "delete").startswith("ok    delete ")
+    assert lines[-1] == "all checks passed"
+    assert not any(line.startswith(("FAIL", "skip")) for line in lines)
+    # Only the GET URL is shown: no query string, so no credential or signature.
+    assert "X-Amz-" not in "\n".join(lines)
+    assert not [key for key in keys(seaweedfs, seaweedfs.bucket) if PROBE_PREFIX in key]
+
+
+def test_check_names_a_wrong_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS) -> None:
+    wrong = "wrong-" + secrets.token_urlsafe(24)
+    config = write_config(tmp_path, seaweedfs, secret_key=wrong)
+    status, lines = run_check(capsys, config, wrong, seaweedfs.secret_key)
+
+    assert status == 1, lines
+    put = step(lines, "put")
+    assert put.startswith("FAIL  put ")
+    assert "HTTP 403 SignatureDoesNotMatch" in put
+    assert "check secret_access_key, region and bucket_url" in put
+    assert step(lines, "get").startswith("skip  get ")
+    assert step(lines, "delete").startswith("skip  delete ")
+    assert lines[-1] == "the check failed"
+
+
+def test_check_names_an_unknown_access_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS
+) -> None:
+    config = write_config(tmp_path, seaweedfs, access_key="AKUNKNOWN" + secrets.token_hex(6).upper())
+    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+
+    assert status == 1, lines
+    put = step(lines, "put")
+    assert put.startswith("FAIL  put ")
+    assert "HTTP 403 InvalidAccessKeyId" in put
+    assert "the server does not know access_key_id" in put
+
+
+def test_check_names_a_missing_bucket(tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS) -> None:
+    bucket = f"missing-{secrets.token_hex(4)}"
+    config = write_config(tmp_path, seaweedfs, bucket_url=f"{seaweedfs.endpoint}/{bucket}")
+    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+
+    assert status == 1, lines
+    assert lines[-1] == "the check failed"
+    put = step(lines, "put")
+    assert put.startswith("FAIL  put ")
+    assert "NoSuchBucket" in put
+    assert "the bucket named in bucket_url does not exist" in put
+
+
+def test_check_names_a_server_that_is_down(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS
+) -> None:
+    (port,) = free_ports(1)
+    config = write_config(tmp_path, seaweedfs, bucket_url=f"http://127.0.0.1:{port}/upload")
+    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+
+    assert status == 1, lines
+    put = step(lines, "put")
+    assert put.startswith("FAIL  put ")
+    assert f"cannot reach http://127.0.0.1:{port}" in put
+    assert "Connection refused" in put
+    assert step(lines, "get").startswith("skip  get ")
+    assert lines[-1] == "the check failed"
+
+
+def test_check_names_a_bucket_without_anonymous_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS
+) -> None:
+    bucket = "private-check"
+    assert bucket not in seaweedfs.public_buckets
+    config = write_config(tmp_path, seaweedfs, bucket_url=seaweedfs.create_bucket(bucket))
+    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+
+    assert status == 1, lines
+    assert step(lines, "put").startswith("ok    put ")
+    get = step(lines, "get")
+    assert get.startswith("FAIL  get ")
+    assert "HTTP 403 AccessDenied" in get
+    assert "anonymous reads are refused: allow public read on the bucket, or set add_acl = true" in get
+    # The probe is still deleted with the configured key.
+    assert step(lines, "delete").startswith("ok    delete ")
+    assert lines[-1] == "the check failed"
+    assert not [key for key in keys(seaweedfs, bucket) if PROBE_PREFIX in key]
