@@ -60,3 +60,138 @@ def prosody() -> Iterator[Prosody]:
         for user, password in USERS.items():
             server.register(user, password)
         yield server
+
+
+# ---------------------------------------------------- serve (subprocess) and clients
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
+import slixmpp  # noqa: E402
+from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
+
+from servers import _stop_process_group  # noqa: E402
+
+
+def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
+    """Write ``document`` (tables of strings, integers, booleans and lists of them) as TOML."""
+    lines: list[str] = []
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        if name:
+            lines.append(f"[{name}]")
+        # JSON and TOML write these scalars and arrays alike.
+        lines.extend(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, Mapping))
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                table(f"{name}.{key}" if name else key, value)
+
+    table("", document)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ServeProcess:
+    """``python -m slixmpp_http_upload serve -c CONFIG`` in its own process group; its stdout
+    and stderr go to files beside the config (``stdout``/``stderr`` read them)."""
+
+    def __init__(self, config: Path) -> None:
+        self._out, self._err = config.with_suffix(".out"), config.with_suffix(".err")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLIXMPP_HTTP_UPLOAD_"))}
+        with open(self._out, "wb") as out, open(self._err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config)],
+                cwd=config.parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text(errors="replace")
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; ``subprocess.TimeoutExpired`` if still running after ``timeout`` s."""
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        _stop_process_group(self.proc, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def start_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Mapping[str, Any]], ServeProcess]]:
+    """``start_serve(document)`` writes the config and starts ``serve``; every process started
+    is stopped (SIGTERM, then SIGKILL) at the end of the module, whatever happened."""
+    processes: list[ServeProcess] = []
+    directory = tmp_path_factory.mktemp("serve")
+
+    def start(document: Mapping[str, Any]) -> ServeProcess:
+        config = write_toml(directory / f"serve-{len(processes)}.toml", document)
+        processes.append(ServeProcess(config))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+class XmppClients:
+    """Logged-in slixmpp clients (plaintext loopback) with the XEP-0363 client plugin."""
+
+    def __init__(self) -> None:
+        self._clients: list[slixmpp.ClientXMPP] = []
+
+    async def connect(self, server: Prosody, user: str = "alice", timeout: float = 15) -> slixmpp.ClientXMPP:
+        xmpp = slixmpp.ClientXMPP(server.jid(user), server.users[user])
+        xmpp.enable_direct_tls = False
+        xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
+        for plugin in ("xep_0030", "xep_0004", "xep_0128", "xep_0363"):
+            xmpp.register_plugin(plugin)
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        xmpp.add_event_handler("session_start", lambda _: outcome.done() or outcome.set_result(True))
+        xmpp.add_event_handler("failed_all_auth", lambda _: outcome.done() or outcome.set_result(False))
+        self._clients.append(xmpp)
+        xmpp.connect("127.0.0.1", server.c2s_port)
+        if not await asyncio.wait_for(outcome, timeout):
+            raise AssertionError(f"{server.jid(user)} could not log in")
+        return xmpp
+
+    @staticmethod
+    async def wait_for_service(xmpp: slixmpp.ClientXMPP, jid: str, timeout: float = 15) -> Any:
+        """Ask ``jid`` for disco#info until it answers (a component that is not connected yet
+        gets an error from the server); return the answer."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                return await xmpp.plugin["xep_0030"].get_info(jid, timeout=2)
+            except (IqError, IqTimeout):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        for xmpp in self._clients:
+            xmpp.cancel_connection_attempt()
+            await asyncio.wait_for(xmpp.disconnect(wait=1), 5)
+
+
+@pytest.fixture
+async def xmpp_clients() -> AsyncIterator[XmppClients]:
+    """``await xmpp_clients.connect(prosody, "alice")``; all disconnected after the test."""
+    clients = XmppClients()
+    yield clients
+    await clients.close()

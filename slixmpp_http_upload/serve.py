@@ -1,0 +1,233 @@
+"""``serve``: one upload component per served domain, kept connected until SIGINT or SIGTERM.
+
+Every component is a :class:`slixmpp.ComponentXMPP` with the ``http_upload_server`` plugin; all
+share one backend. slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and
+never reconnects a session that the server ended, so :class:`Link` runs the whole cycle itself:
+connect, wait for the stream to end, back off (1 s doubling to 30 s, back to 1 s after a session
+that got going), connect again. Plugins are registered once, so nothing is added twice on
+reconnection. A server that refuses the secret, or has no such component, stops ``serve`` with
+exit status 1: retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from slixmpp import ComponentXMPP
+from slixmpp.stanza import StreamError
+
+from .backends import Backend, create_backend
+from .config import Config, MetricsSettings, UploadSettings
+from .metrics import SlotMetrics
+from .options import ConfigError
+
+log = logging.getLogger(__name__)
+
+FIRST_DELAY = 1.0
+MAX_DELAY = 30.0
+FATAL_STREAM_ERRORS = {
+    "not-authorized": "the server refused the component secret",
+    "host-unknown": "the server has no component of that name (see its configuration)",
+}
+"""Stream errors at the handshake that retrying cannot fix (what Prosody 0.12 sends)."""
+
+
+class ComponentRefused(Exception):
+    """The server turned a component away for good; ``str()`` says which and why."""
+
+
+def serve(config: Config) -> int:
+    """Run the components of ``config`` until SIGINT or SIGTERM (exit status 0), or until the
+    server refuses one of them (1). Raises :class:`ConfigError` before connecting anything."""
+    if config.component.secret is None:
+        raise ConfigError("component.secret", "is required to serve")
+    if not config.component.domains:
+        raise ConfigError("component.domains", "must list at least one domain to serve")
+    if config.metrics.port is not None:
+        _require_prometheus()
+    _configure_logging()
+    try:
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:  # SIGINT before the loop's own handler was in place
+        return 0
+
+
+def _require_prometheus() -> None:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "metrics.port", "needs prometheus-client: pip install 'slixmpp-http-upload[metrics]'"
+        ) from None
+
+
+def _configure_logging() -> None:
+    """Our INFO lines and everyone's warnings on stderr, unless the caller set logging up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger(__package__).setLevel(logging.INFO)
+
+
+async def _serve(config: Config) -> int:
+    component = config.component
+    backend = create_backend(config.http_upload)
+    links = [
+        Link(make_component(config, domain, backend), component.server, component.port)
+        for domain in component.domains
+    ]
+    counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]
+    stop_metrics = _start_metrics(config.metrics, counters)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [asyncio.create_task(link.run(), name=link.name) for link in links]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopper, *tasks):
+            task.cancel()
+        await asyncio.gather(*(link.close() for link in links))
+        stop_metrics()
+    return _exit_status(tasks)
+
+
+def _exit_status(tasks: list[asyncio.Task[None]]) -> int:
+    """1 when the server refused a component (said on stderr), else 0; re-raises a crash."""
+    for task in tasks:
+        error = None if task.cancelled() or not task.done() else task.exception()
+        if isinstance(error, ComponentRefused):
+            log.error("%s", error)
+            return 1
+        if error is not None:
+            raise error
+    log.info("stopped")
+    return 0
+
+
+def _start_metrics(settings: MetricsSettings, sources: list[SlotMetrics]) -> Callable[[], None]:
+    """Start the metrics endpoint if one is configured; return what stops it."""
+    if settings.port is None:
+        return lambda: None
+    from .metrics_http import start_metrics_server
+
+    stop = start_metrics_server(settings, sources)
+    log.info("metrics on http://%s:%d/metrics", settings.host, settings.port)
+    return stop
+
+
+def make_component(config: Config, domain: str, backend: Backend) -> ComponentXMPP:
+    """The component serving ``domain``, its plugins registered (call inside the running loop)."""
+    settings = config.http_upload
+    component = config.component
+    xmpp = ComponentXMPP(settings.service_jid(domain), component.secret, component.server, component.port)
+    for name in ("xep_0030", "xep_0004", "xep_0128"):
+        xmpp.register_plugin(name)
+    plugin_config = {**upload_table(settings), "domain": domain, "backend_instance": backend}
+    xmpp.register_plugin("http_upload_server", plugin_config)
+    size = "unlimited" if settings.max_file_size is None else f"{settings.max_file_size} bytes"
+    iqdisc = settings.iqdisc.type
+    if iqdisc == "queues":
+        iqdisc += f" ({settings.iqdisc.workers} workers)"
+    log.info(
+        "component %s via %s:%d: backend %s, max file size %s, iqdisc %s",
+        xmpp.boundjid.bare, component.server, component.port, settings.backend, size, iqdisc,
+    )
+    return xmpp
+
+
+def upload_table(settings: UploadSettings) -> dict[str, Any]:
+    """The raw ``[http_upload]`` table that gives ``settings`` back: the plugin checks its options
+    itself (with :func:`~slixmpp_http_upload.config.parse_upload_settings`), and ``Config`` keeps
+    only the checked values."""
+    iqdisc = settings.iqdisc
+    return {
+        "host": settings.host,
+        "backend": settings.backend,
+        "expiration_time": settings.expiration_time,
+        "token_bytes": settings.token_bytes,
+        "max_file_size": "infinity" if settings.max_file_size is None else settings.max_file_size,
+        "iqdisc": {"type": "queues", "workers": iqdisc.workers} if iqdisc.type == "queues" else iqdisc.type,
+        "queue_size": settings.queue_size,
+        "legacy_namespaces": settings.legacy_namespaces,
+        "allow": sorted(settings.allow),
+        "deny": sorted(settings.deny),
+        settings.backend: dict(settings.backend_options),
+    }
+
+
+class Link:
+    """Keeps one component connected to its server."""
+
+    def __init__(self, xmpp: ComponentXMPP, server: str, port: int) -> None:
+        self.xmpp = xmpp
+        self.server = server
+        self.port = port
+        self.name = xmpp.boundjid.bare
+        self._ended: asyncio.Future[str] | None = None
+        self._started = False
+        self._stream_error = ""
+        xmpp.add_event_handler("session_start", self._on_session_start)
+        xmpp.add_event_handler("stream_error", self._on_stream_error)
+        xmpp.add_event_handler("connection_failed", self._on_connection_failed)
+        xmpp.add_event_handler("disconnected", self._on_disconnected)
+
+    async def run(self) -> None:
+        """Connect, and again after each end of session; raise :class:`ComponentRefused` when
+        the server turns the component away."""
+        delay = FIRST_DELAY
+        while True:
+            why = await self._session()
+            if self._started:
+                delay = FIRST_DELAY
+            log.warning("component %s: %s; connecting again in %g s", self.name, why, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+
+    async def _session(self) -> str:
+        """One connection, from connect() until it ends; returns why it ended."""
+        self._ended = asyncio.get_running_loop().create_future()
+        self._started = False
+        self._stream_error = ""
+        self.xmpp.connect(self.server, self.port)
+        return await self._ended
+
+    async def close(self) -> None:
+        """Stop connecting and close the stream (abort after 1 s without the server's answer)."""
+        self.xmpp.cancel_connection_attempt()
+        if self.xmpp.is_connected():
+            await self.xmpp.disconnect(wait=1.0, reason="shutting down")
+
+    def _end(self, why: str | BaseException) -> None:
+        if self._ended is None or self._ended.done():
+            return
+        if isinstance(why, BaseException):
+            self._ended.set_exception(why)
+        else:
+            self._ended.set_result(why)
+
+    def _on_session_start(self, _event: Any) -> None:
+        self._started = True
+        log.info("component %s: connected to %s:%d", self.name, self.server, self.port)
+
+    def _on_stream_error(self, error: StreamError) -> None:
+        condition = error["condition"]
+        if condition in FATAL_STREAM_ERRORS:
+            self._end(ComponentRefused(f"component {self.name}: {FATAL_STREAM_ERRORS[condition]}"))
+        self._stream_error = f"{condition}: {error['text']}" if error["text"] else condition
+
+    def _on_connection_failed(self, error: Any) -> None:
+        # Our own back-off replaces slixmpp's (which would go on trying in the background).
+        self.xmpp.cancel_connection_attempt()
+        self._end(f"cannot connect to {self.server}:{self.port} ({error})")
+
+    def _on_disconnected(self, _reason: Any) -> None:
+        if self._stream_error:
+            self._end(f"the server closed the stream ({self._stream_error})")
+        else:
+            self._end("the session ended" if self._started else "the connection closed before the handshake")

@@ -1,0 +1,178 @@
+"""``serve``: configuration checks, a refused secret, signals, and the metrics endpoint.
+
+The component runs as ``python -m slixmpp_http_upload serve`` against the shared Prosody. Its S3
+backend points at a bucket that is never contacted: making a slot does no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from slixmpp.exceptions import IqError
+
+from servers import Prosody, free_ports
+from slixmpp_http_upload import cli
+from slixmpp_http_upload.config import UPLOAD_OPTIONS, parse_upload_settings
+from slixmpp_http_upload.serve import upload_table
+
+UPLOAD_JID = "upload.localhost"  # the shared Prosody's component
+MAX_FILE_SIZE = 1000
+S3 = {  # never contacted: presigning does no I/O
+    "bucket_url": "http://127.0.0.1:9/bucket",
+    "region": "us-east-1",
+    "access_key_id": "AK",
+    "secret_access_key": "SK",
+}
+S3_TABLE = "[http_upload.s3]\n" + "".join(f'{key} = "{value}"\n' for key, value in S3.items())
+
+
+def serve_config(prosody: Prosody, secret: str | None = None, **tables: Any) -> dict[str, Any]:
+    component = {"server": "127.0.0.1", "port": prosody.component_port, "domains": ["localhost"]}
+    component["secret"] = secret or prosody.component_secret
+    return {"component": component, "http_upload": {"max_file_size": MAX_FILE_SIZE, "s3": S3}, **tables}
+
+
+# --------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("component", "message"),
+    [
+        ('domains = ["localhost"]', "component.secret: is required to serve"),
+        ('secret = "s3cr3t"', "component.domains: must list at least one domain to serve"),
+    ],
+)
+def test_serve_refuses_incomplete_component_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], component: str, message: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[component]\n{component}\n{S3_TABLE}")
+    assert cli.main(["serve", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"configuration error: {message}" in err
+    assert "s3cr3t" not in err
+
+
+def metrics_config(directory: Path, port: int) -> Path:
+    config = directory / "c.toml"
+    config.write_text(f'[component]\nsecret = "x"\ndomains = ["localhost"]\n[metrics]\nport = {port}\n{S3_TABLE}')
+    return config
+
+
+def test_metrics_port_needs_prometheus_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # makes the import fail
+    config = metrics_config(tmp_path, 9999)
+    assert cli.main(["serve", "-c", str(config)]) == 2
+    assert "metrics.port: needs prometheus-client: pip install 'slixmpp-http-upload[metrics]'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_metrics_port_in_use_is_a_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        config = metrics_config(tmp_path, port)
+        assert cli.main(["serve", "-c", str(config)]) == 2
+    message = f"metrics.port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"s3": S3},
+        {
+            "host": "files.@HOST@",
+            "expiration_time": 300,
+            "token_bytes": 16,
+            "max_file_size": "infinity",
+            "iqdisc": {"type": "queues", "workers": 4},
+            "queue_size": 7,
+            "legacy_namespaces": False,
+            "allow": ["example.org", "bob@example.net"],
+            "deny": ["eve@example.org"],
+            "s3": S3,
+        },
+        {"iqdisc": "parallel", "max_file_size": 5, "backend": "other", "other": {"any": "thing"}},
+    ],
+)
+def test_upload_table_gives_the_settings_back(raw: dict[str, Any]) -> None:
+    settings = parse_upload_settings(raw)
+    table = upload_table(settings)
+    assert parse_upload_settings(table) == settings
+    assert set(table) == {option.name for option in UPLOAD_OPTIONS} | {settings.backend}
+
+
+# ------------------------------------------------------------------- processes
+
+
+def test_wrong_secret_exits_1_with_a_clear_message(prosody: Prosody, start_serve: Any) -> None:
+    wrong = "wrong-" + prosody.component_secret
+    process = start_serve(serve_config(prosody, secret=wrong))
+    assert process.wait(timeout=10) == 1
+    assert f"component {UPLOAD_JID}: the server refused the component secret" in process.stderr
+    output = process.stdout + process.stderr
+    assert wrong not in output
+    assert prosody.component_secret not in output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_stops_serve_cleanly(
+    signum: signal.Signals, prosody: Prosody, start_serve: Any, xmpp_clients: Any
+) -> None:
+    process = start_serve(serve_config(prosody))
+    xmpp = await xmpp_clients.connect(prosody)
+    await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID)
+    process.proc.send_signal(signum)
+    started = time.monotonic()
+    assert await asyncio.to_thread(process.wait, 5) == 0
+    assert time.monotonic() - started < 3
+    assert "Traceback" not in process.stderr
+    assert "stopped" in process.stderr
+    with pytest.raises(IqError):  # the server no longer has the component
+        await xmpp.plugin["xep_0030"].get_info(UPLOAD_JID, timeout=5)
+
+
+async def test_metrics_endpoint_counts_slots_and_refusals(
+    prosody: Prosody, start_serve: Any, xmpp_clients: Any
+) -> None:
+    port = free_ports(1)[0]
+    process = start_serve(serve_config(prosody, metrics={"port": port}))
+    xmpp = await xmpp_clients.connect(prosody)
+    await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID)
+    upload = xmpp.plugin["xep_0363"]
+    await upload.request_slot(UPLOAD_JID, "a.txt", 10, "text/plain", timeout=5)
+    await upload.request_slot(UPLOAD_JID, "b.txt", MAX_FILE_SIZE, "text/plain", timeout=5)
+    with pytest.raises(IqError):
+        await upload.request_slot(UPLOAD_JID, "c.txt", MAX_FILE_SIZE + 1, "text/plain", timeout=5)
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with await asyncio.to_thread(opener.open, request, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = response.read().decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    host = ("host", UPLOAD_JID)
+    assert samples[("xmpp_http_upload_create_slot_total", (host,))] == 2
+    assert 0 < samples[("xmpp_http_upload_create_slot_seconds_total", (host,))] < 1
+    assert samples[("xmpp_http_upload_refusals_total", (host, ("reason", "file-too-large")))] == 1
+
+    process.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 5) == 0
