@@ -48,18 +48,20 @@ def known_backends() -> list[str]:
     return sorted({*_registered, *(point.name for point in entry_points(group=ENTRY_POINT_GROUP))})
 
 
-def find_backend(name: str) -> BackendFactory:
-    """The factory registered as ``name``, or a ConfigError listing the known names."""
+def find_backend(name: str, path: str = "http_upload") -> BackendFactory:
+    """The factory registered as ``name``, or a ConfigError (on ``<path>.backend``) listing
+    the known names."""
     if name in _registered:
         return _registered[name]
     for point in entry_points(group=ENTRY_POINT_GROUP, name=name):
         return point.load()
     raise ConfigError(
-        "http_upload.backend", f"unknown backend {name!r} (known: {', '.join(known_backends()) or 'none'})"
+        f"{path}.backend", f"unknown backend {name!r} (known: {', '.join(known_backends()) or 'none'})"
     )
 
 
-def create_backend(settings: UploadSettings) -> Backend:
-    """Build the backend that ``settings`` name, from its own options table."""
-    factory = find_backend(settings.backend)
-    return factory(settings, settings.backend_options, f"http_upload.{settings.backend}")
+def create_backend(settings: UploadSettings, path: str = "http_upload") -> Backend:
+    """Build the backend that ``settings`` name, from its own options table; ``path`` is
+    where ``settings`` came from (the plugin passes its own name)."""
+    factory = find_backend(settings.backend, path)
+    return factory(settings, settings.backend_options, f"{path}.{settings.backend}")

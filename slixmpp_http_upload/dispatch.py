@@ -1,8 +1,8 @@
 """iqdisc: how slot requests are scheduled once they have been checked.
 
 =============  ===========================================================================
-``no_queue``   made inline while the stream is read; a backend that has to wait goes on in
-               a task of its own (so it suits backends that answer without I/O, like S3)
+``no_queue``   made inline while the stream is read, up to the backend's first wait (an eager
+               task: Python 3.12 and later; on 3.11 a task per request, like ``parallel``)
 ``one_queue``  one FIFO worker: answers leave in the order requests came (the default)
 ``parallel``   a task per request, no order
 ``queues``     N FIFO workers; a requester always lands on the same one, so one user's
@@ -16,11 +16,14 @@ Every kind holds at most ``queue_size`` waiting (or, for tasks, running) request
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import Callable, Coroutine, Generator
+import sys
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from .config import IqDisc
+
+EAGER_TASKS = sys.version_info >= (3, 12)
+"""Whether tasks can run their first step at once, so that ``no_queue`` answers inline."""
 
 Job = Callable[[], Coroutine[Any, Any, None]]
 """Makes the coroutine that answers one request; it handles its own errors."""
@@ -43,7 +46,7 @@ def make_dispatcher(iqdisc: IqDisc, limit: int) -> Dispatcher:
 
 
 class TaskDispatcher:
-    """A task per request (``parallel``), or inline until the job has to wait (``no_queue``)."""
+    """A task per request (``parallel``), started eagerly for ``no_queue``."""
 
     def __init__(self, limit: int, *, eager: bool) -> None:
         self.limit = limit
@@ -53,7 +56,7 @@ class TaskDispatcher:
     def submit(self, key: str, job: Job) -> bool:
         if len(self.tasks) >= self.limit:
             return False
-        task = run_eagerly(job()) if self.eager else asyncio.ensure_future(job())
+        task = start_task(job(), eager=self.eager)
         if task is not None:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -96,22 +99,13 @@ class QueueDispatcher:
         self.queues, self.workers = [], []
 
 
-def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None] | None:
-    """Run ``coroutine`` now, up to its first wait; None if it finished, else the task that
-    carries it on (what ``eager_start`` does for tasks from Python 3.12)."""
-    try:
-        pending = coroutine.send(None)
-    except StopIteration:
-        return None
-    return asyncio.ensure_future(_carry_on(coroutine, pending))
-
-
-@types.coroutine
-def _carry_on(coroutine: Coroutine[Any, Any, None], pending: Any) -> Generator[Any, None, None]:
-    """Hand the future ``coroutine`` is waiting on to a task, then let it run to its end."""
-    try:
-        yield pending
-    except BaseException:
-        coroutine.close()
-        raise
-    yield from coroutine  # type: ignore[misc]
+def start_task(coroutine: Coroutine[Any, Any, None], *, eager: bool) -> asyncio.Future[None] | None:
+    """A task running ``coroutine``. With ``eager`` on Python 3.12 and later its first step runs
+    right now, inside the task (``eager_start``), and None means it has already finished."""
+    if eager and EAGER_TASKS:
+        task = asyncio.Task(coroutine, loop=asyncio.get_running_loop(), eager_start=True)  # type: ignore[call-arg]
+        if task.done():
+            task.result()
+            return None
+        return task
+    return asyncio.ensure_future(coroutine)

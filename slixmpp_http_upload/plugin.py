@@ -4,10 +4,11 @@ A request goes: :meth:`HttpUploadServer._on_request` (inline, in stanza order) c
 type, who asks and the fields, then hands :meth:`HttpUploadServer._answer` to the iqdisc
 dispatcher, which asks the policy hook and the backend and sends the slot.
 
-Config: every ``[http_upload]`` option (same checks and messages), plus ``domain`` (the served
-domain; by default taken from the component's JID through ``host``, or a bot's own domain),
-``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Backend`) and ``policy``
-(see :mod:`slixmpp_http_upload.access`).
+Config: every ``[http_upload]`` option (same checks and messages) — or ``settings``, the same
+already checked (:class:`~slixmpp_http_upload.config.UploadSettings`) — plus ``domain`` (the
+served domain; by default taken from the component's JID through ``host``, or a bot's own
+domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Backend`) and
+``policy`` (see :mod:`slixmpp_http_upload.access`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .stanza import CURRENT, LEGACY, Dialect
 
 log = logging.getLogger(__name__)
 
-PLUGIN_ONLY_OPTIONS = ("domain", "backend_instance", "policy")
+PLUGIN_ONLY_OPTIONS = ("settings", "domain", "backend_instance", "policy")
 HANDLER_NAME = "XEP-0363 slot request"
 
 
@@ -57,9 +58,8 @@ class HttpUploadServer(BasePlugin):
     metrics: SlotMetrics
 
     def plugin_init(self) -> None:
-        options = {key: value for key, value in self.config.items() if key not in PLUGIN_ONLY_OPTIONS}
-        self.settings = parse_upload_settings(options, path=self.name)
-        self.backend = self.config.get("backend_instance") or create_backend(self.settings)
+        self.settings = self._settings()
+        self.backend = self.config.get("backend_instance") or create_backend(self.settings, path=self.name)
         self.policy: Policy | None = self.config.get("policy")
         self.service_jid = self.xmpp.boundjid.bare
         self.rules = AccessRules(self._served_domain(), self.settings.allow, self.settings.deny)
@@ -84,6 +84,15 @@ class HttpUploadServer(BasePlugin):
         """The stream is gone, and with it every pending reply: drop the queued and running
         requests (the dispatcher starts again on the next session's first request)."""
         self.dispatcher.close()
+
+    def _settings(self) -> UploadSettings:
+        options = {key: value for key, value in self.config.items() if key not in PLUGIN_ONLY_OPTIONS}
+        settings = self.config.get("settings")
+        if settings is None:
+            return parse_upload_settings(options, path=self.name)
+        if options:
+            raise ConfigError(f"{self.name}.{next(iter(options))}", "cannot be given with settings")
+        return settings
 
     def _served_domain(self) -> str:
         domain = self.config.get("domain")

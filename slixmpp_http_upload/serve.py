@@ -21,7 +21,7 @@ from slixmpp import ComponentXMPP
 from slixmpp.stanza import StreamError
 
 from .backends import Backend, create_backend
-from .config import Config, MetricsSettings, UploadSettings
+from .config import Config, MetricsSettings
 from .metrics import SlotMetrics
 from .options import ConfigError
 
@@ -128,8 +128,7 @@ def make_component(config: Config, domain: str, backend: Backend) -> ComponentXM
     xmpp = ComponentXMPP(settings.service_jid(domain), component.secret, component.server, component.port)
     for name in ("xep_0030", "xep_0004", "xep_0128"):
         xmpp.register_plugin(name)
-    plugin_config = {**upload_table(settings), "domain": domain, "backend_instance": backend}
-    xmpp.register_plugin("http_upload_server", plugin_config)
+    xmpp.register_plugin("http_upload_server", {"settings": settings, "domain": domain, "backend_instance": backend})
     size = "unlimited" if settings.max_file_size is None else f"{settings.max_file_size} bytes"
     iqdisc = settings.iqdisc.type
     if iqdisc == "queues":
@@ -139,26 +138,6 @@ def make_component(config: Config, domain: str, backend: Backend) -> ComponentXM
         xmpp.boundjid.bare, component.server, component.port, settings.backend, size, iqdisc,
     )
     return xmpp
-
-
-def upload_table(settings: UploadSettings) -> dict[str, Any]:
-    """The raw ``[http_upload]`` table that gives ``settings`` back: the plugin checks its options
-    itself (with :func:`~slixmpp_http_upload.config.parse_upload_settings`), and ``Config`` keeps
-    only the checked values."""
-    iqdisc = settings.iqdisc
-    return {
-        "host": settings.host,
-        "backend": settings.backend,
-        "expiration_time": settings.expiration_time,
-        "token_bytes": settings.token_bytes,
-        "max_file_size": "infinity" if settings.max_file_size is None else settings.max_file_size,
-        "iqdisc": {"type": "queues", "workers": iqdisc.workers} if iqdisc.type == "queues" else iqdisc.type,
-        "queue_size": settings.queue_size,
-        "legacy_namespaces": settings.legacy_namespaces,
-        "allow": sorted(settings.allow),
-        "deny": sorted(settings.deny),
-        settings.backend: dict(settings.backend_options),
-    }
 
 
 class Link:

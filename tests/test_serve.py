@@ -21,8 +21,6 @@ from slixmpp.exceptions import IqError
 
 from servers import Prosody, free_ports
 from slixmpp_http_upload import cli
-from slixmpp_http_upload.config import UPLOAD_OPTIONS, parse_upload_settings
-from slixmpp_http_upload.serve import upload_table
 
 UPLOAD_JID = "upload.localhost"  # the shared Prosody's component
 MAX_FILE_SIZE = 1000
@@ -86,32 +84,6 @@ def test_metrics_port_in_use_is_a_configuration_error(tmp_path: Path, capsys: py
         assert cli.main(["serve", "-c", str(config)]) == 2
     message = f"metrics.port: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        {"s3": S3},
-        {
-            "host": "files.@HOST@",
-            "expiration_time": 300,
-            "token_bytes": 16,
-            "max_file_size": "infinity",
-            "iqdisc": {"type": "queues", "workers": 4},
-            "queue_size": 7,
-            "legacy_namespaces": False,
-            "allow": ["example.org", "bob@example.net"],
-            "deny": ["eve@example.org"],
-            "s3": S3,
-        },
-        {"iqdisc": "parallel", "max_file_size": 5, "backend": "other", "other": {"any": "thing"}},
-    ],
-)
-def test_upload_table_gives_the_settings_back(raw: dict[str, Any]) -> None:
-    settings = parse_upload_settings(raw)
-    table = upload_table(settings)
-    assert parse_upload_settings(table) == settings
-    assert set(table) == {option.name for option in UPLOAD_OPTIONS} | {settings.backend}
 
 
 # ------------------------------------------------------------------- processes

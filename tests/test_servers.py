@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import urllib.parse
 
-import pytest
 import slixmpp
 
 from servers import Prosody, SeaweedFS, anonymous_request
