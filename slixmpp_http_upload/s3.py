@@ -167,12 +167,15 @@ class S3Backend:
         """A new object key under a fresh random token; its presigned PUT and plain GET URLs."""
         name = uri_encode(object_name(request.filename))
         key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{name}"
+        object_url = self.bucket.origin + key_path
+        return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=object_url)
+
+    def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
+        """The presigned query string of the PUT of ``request`` to the encoded ``key_path``."""
         header_block, signed_headers = self.put_headers(request)
-        query = self.presigner.presign(
+        return self.presigner.presign(
             "PUT", key_path, header_block, signed_headers, self.expiration_time, now=now, extra_params=self.put_params
         )
-        object_url = self.bucket.origin + key_path
-        return Slot(put_url=f"{object_url}?{query}", get_url=object_url)
 
     def put_headers(self, request: SlotRequest) -> tuple[str, str]:
         """What :func:`~slixmpp_http_upload.sigv4.canonical_headers` makes of the headers a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,8 +30,13 @@ class Credentials:
     session_token: str | None = field(default=None, repr=False)
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
+
+
 def uri_encode(value: str, keep_slash: bool = False) -> str:
     """AWS URI encoding: keep ``A-Z a-z 0-9 - . _ ~``, every other UTF-8 byte as ``%XY`` (upper hex)."""
+    if _UNRESERVED.fullmatch(value):  # most file names: nothing to encode
+        return value
     return quote(value, safe="/-_.~" if keep_slash else "-_.~")
 
 
@@ -76,8 +82,12 @@ def signing_key(secret_access_key: str, day: str, region: str, service: str) -> 
     return key
 
 
-def signature(key: bytes, to_sign: str) -> str:
-    return hmac.digest(key, to_sign.encode(), "sha256").hex()
+def signature(keyed: hmac.HMAC, to_sign: str) -> str:
+    """Hex HMAC-SHA256 of ``to_sign``; ``keyed`` is an HMAC already keyed with the signing key
+    (copied, so the key's setup is paid once a day)."""
+    mac = keyed.copy()
+    mac.update(to_sign.encode())
+    return mac.hexdigest()
 
 
 class Presigner:
@@ -94,7 +104,7 @@ class Presigner:
         self.service = service
         self._second = -1
         self._date = self._scope = ""
-        self._key = b""
+        self._keyed = hmac.new(b"", digestmod=hashlib.sha256)
         self._queries: dict[tuple[str, int, tuple[tuple[str, str], ...]], str] = {}
 
     def presign(
@@ -118,7 +128,7 @@ class Presigner:
         self._set_time(int(time.time() if now is None else now))
         query = self._query(signed_headers, expires, extra_params)
         request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
-        return f"{query}&X-Amz-Signature={signature(self._key, string_to_sign(self._date, self._scope, request))}"
+        return f"{query}&X-Amz-Signature={signature(self._keyed, string_to_sign(self._date, self._scope, request))}"
 
     def _set_time(self, second: int) -> None:
         if second == self._second:
@@ -127,7 +137,8 @@ class Presigner:
         if date[:8] != self._date[:8]:
             day = date[:8]
             self._scope = credential_scope(day, self.region, self.service)
-            self._key = signing_key(self.credentials.secret_access_key, day, self.region, self.service)
+            key = signing_key(self.credentials.secret_access_key, day, self.region, self.service)
+            self._keyed = hmac.new(key, digestmod=hashlib.sha256)
         self._second, self._date = second, date
         self._queries.clear()
 

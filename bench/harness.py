@@ -1,0 +1,287 @@
+"""Shared plumbing for the benchmarks: the real Prosody from ``tests/servers.py``, component
+processes, CPU and memory readings from ``/proc``, the machine description, JSON output.
+
+It measures nothing by itself. Everything listens on 127.0.0.1; every process started here is
+stopped by its owner's ``stop()`` (callers use try/finally or ``with``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results"
+sys.path.insert(0, str(REPO / "tests"))
+
+from loadclient import Account  # noqa: E402
+from servers import LOOPBACK, Prosody  # noqa: E402  (tests/servers.py, reused as is)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+OURS_JID = "upload.localhost"
+CEILING_JID = "ceiling.localhost"
+
+# Prosody's defaults would refuse our load: mod_storage_internal keeps at most 10 000 archive
+# items per store (mod_http_file_share records every slot in one), and each user may only
+# reserve 100 MB a day of uploads.
+PROSODY_LOAD_CONFIG = "\n".join(
+    [
+        "storage_archive_item_limit = 100000000",
+        "http_file_share_daily_quota = 1099511627776",
+    ]
+)
+
+
+# --------------------------------------------------------------------------
+# /proc readings
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (``/proc/PID/stat``, 1/CLK_TCK resolution)."""
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        fields = file.read().rsplit(b")", 1)[1].split()
+    # after "pid (comm)": state is field 3, utime field 14, stime field 15 (1-based)
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    return sum(cpu_times(pid))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent not idle by all cores together, since boot (``/proc/stat``)."""
+    with open("/proc/stat") as file:
+        values = [int(v) for v in file.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (``/proc/PID/statm``)."""
+    with open(f"/proc/{pid}/statm") as file:
+        return int(file.read().split()[1]) * PAGE_SIZE
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_json(path: str | os.PathLike[str], document: dict[str, Any]) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    return target
+
+
+# --------------------------------------------------------------------------
+# Prosody and its users
+
+
+def start_prosody(components: dict[str, str], *, http_file_share: bool, log_level: str, extra: str = "") -> Prosody:
+    """A started private Prosody with ``components`` (JID → secret); caller stops it."""
+    prosody = Prosody(
+        components,
+        http_file_share=http_file_share,
+        log_level=log_level,
+        extra_config="\n".join(part for part in (PROSODY_LOAD_CONFIG, extra) if part),
+    )
+    try:
+        prosody.start()
+    except BaseException:
+        prosody.stop()
+        raise
+    return prosody
+
+
+def register_users(prosody: Prosody, count: int) -> list[Account]:
+    accounts = [Account(f"bench{i}", f"pw-bench{i}") for i in range(count)]
+    for account in accounts:
+        prosody.register(account.user, account.password)
+    return accounts
+
+
+# --------------------------------------------------------------------------
+# component processes
+
+
+class ComponentProcess:
+    """A component (or any server) run as its own process group; output goes to ``log_path``."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = workdir / f"{name}.log"
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} is not running"
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> ComponentProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
+            )
+        return self
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no output)"
+
+    def log_findings(self, keep: int = 12) -> dict[str, Any]:
+        """How many ERROR lines and tracebacks the process wrote, and the first lines of them."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return {"error_lines": 0, "tracebacks": 0, "first": []}
+        errors = [i for i, line in enumerate(lines) if " ERROR " in line or " CRITICAL " in line]
+        first = lines[errors[0] : errors[0] + keep] if errors else []
+        return {
+            "error_lines": len(errors),
+            "tracebacks": sum(line.startswith("Traceback") for line in lines),
+            "first": first,
+        }
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process group, SIGKILL after ``timeout``; returns the exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
+        return proc.returncode
+
+    def __enter__(self) -> ComponentProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def iqdisc_toml(iqdisc: str) -> str:
+    """``one_queue`` / ``parallel`` / ``no_queue`` / ``queues:N`` as the TOML value."""
+    if iqdisc.startswith("queues:"):
+        return f'{{ type = "queues", workers = {int(iqdisc.split(":", 1)[1])} }}'
+    if iqdisc not in ("one_queue", "parallel", "no_queue"):
+        raise ValueError(f"unknown iqdisc {iqdisc!r}")
+    return f'"{iqdisc}"'
+
+
+def write_ours_config(path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS_JID) -> Path:
+    """A ``serve`` configuration for the component ``jid`` (``<name>.<domain>``): S3 backend on a
+    dummy bucket (slots are presigned offline, no S3 server is involved)."""
+    name, _, domain = jid.partition(".")
+    if domain != prosody.domain:
+        raise ValueError(f"{jid} is not a subdomain of {prosody.domain}")
+    path.write_text(
+        "\n".join(
+            [
+                "[component]",
+                f'server = "{LOOPBACK}"',
+                f"port = {prosody.component_port}",
+                f'secret = "{prosody.components[jid]}"',
+                f'domains = ["{prosody.domain}"]',
+                "",
+                "[http_upload]",
+                f'host = "{name}.@HOST@"',
+                f"iqdisc = {iqdisc_toml(iqdisc)}",
+                "",
+                "[http_upload.s3]",
+                f'bucket_url = "http://{LOOPBACK}:9/bucket"',
+                'region = "us-east-1"',
+                'access_key_id = "AKIDBENCHMARK0000000"',
+                'secret_access_key = "bench-secret-not-a-real-key"',
+                "",
+            ]
+        )
+    )
+    return path
+
+
+def ours_process(name: str, config: Path, workdir: Path) -> ComponentProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    argv = [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config)]
+    return ComponentProcess(name, argv, workdir, env)
+
+
+def trivial_process(name: str, prosody: Prosody, workdir: Path) -> ComponentProcess:
+    argv = [
+        sys.executable,
+        str(BENCH / "trivial_component.py"),
+        "--port",
+        str(prosody.component_port),
+        "--jid",
+        CEILING_JID,
+        "--secret",
+        prosody.components[CEILING_JID],
+    ]
+    return ComponentProcess(name, argv, workdir)
+
+
+def serve_available() -> bool:
+    return (REPO / "slixmpp_http_upload" / "serve.py").is_file()
+
+
+def workdir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="bench-")
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,536 @@
+"""Slot throughput end to end through a real Prosody: ours vs Prosody's own vs the path's ceiling.
+
+What it measures: K logged-in local users (one c2s connection each) keep D XEP-0363 slot
+requests in flight each (a new request leaves as soon as an answer comes back) until N
+requests have been answered, against
+
+* ``ours``     — ``python -m slixmpp_http_upload serve -c CFG`` as an XEP-0114 component at
+                 ``upload.localhost``, S3 backend on a dummy bucket URL (slots are presigned
+                 offline: no S3 server is involved);
+* ``prosody``  — Prosody's own ``mod_http_file_share`` at ``share.localhost`` on the same server;
+* ``ceiling``  — ``bench/trivial_component.py`` at ``ceiling.localhost``: a raw-socket component
+                 that answers every IQ with an empty result, i.e. what the path allows.
+
+For each it reports slots/s, p50/p90/p99 latency, and CPU per slot of the component process,
+of Prosody and of the load client (from ``/proc/PID/stat``, measured run only, warm-up
+excluded), plus the ratios ours/prosody and ours/ceiling. Any non-result reply fails the run.
+The load client (``bench/loadclient.py``) is raw asyncio sockets in its own process.
+
+Noise: every target runs ``--rounds`` times (default 3), interleaved, the order rotating. Before
+each run the script waits (at most ``--quiet-wait`` s) until other processes use less than 0.15
+of a core; a run during which they still used more is flagged, and the figure shown is the
+median-rate run among the unflagged ones (all runs if every one was flagged).
+
+``--scaling`` adds: ours under each iqdisc (one_queue, parallel, queues:4, no_queue), and what
+Prosody does when two component processes connect with the same JID (default policy, and
+``component_conflict_resolve = "kick_old"``), each on a Prosody of its own.
+
+Run (from the repository root; ~1 minute with the defaults, ~2 with ``--scaling``)::
+
+    .venv/bin/python bench/throughput.py                      # ours, prosody, ceiling
+    .venv/bin/python bench/throughput.py --scaling            # + iqdisc modes, 2 components
+    .venv/bin/python bench/throughput.py --users 8 --inflight 32 --requests 50000 --targets ours,ceiling
+
+Results: printed, and written as JSON to ``--json`` (default ``bench/results/throughput.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness import CEILING_JID, OURS_JID, ComponentProcess, Prosody, cpu_seconds, cpu_times, machine_busy_seconds
+from loadclient import LoadClientProcess, LoadError
+
+TARGETS = ("ours", "prosody", "ceiling")
+SCALING_IQDISCS = ("one_queue", "parallel", "queues:4", "no_queue")
+FOREIGN_WARNING = 0.15
+"""Cores used by other processes during a run above which the run is flagged."""
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run as asked, or saw error replies."""
+
+
+# --------------------------------------------------------------------------
+# targets and measured runs
+
+
+@dataclass
+class Target:
+    """One service under load: ``processes`` (name → pid) are the ones whose CPU is reported."""
+
+    key: str
+    label: str
+    jid: str
+    component: ComponentProcess | None = None
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def processes(self, prosody: Prosody) -> dict[str, int]:
+        pids = {"prosody": prosody.pid}
+        if self.component is not None:
+            pids["component"] = self.component.pid
+        return pids
+
+
+def measure(
+    client: LoadClientProcess,
+    label: str,
+    jid: str,
+    processes: dict[str, int],
+    args: argparse.Namespace,
+    *,
+    allow_errors: bool = False,
+) -> dict[str, Any]:
+    """Warm up, then one measured run; CPU of each of ``processes`` (name → pid) over that run."""
+    wait_for_quiet(args.quiet_wait)
+    if args.warmup:
+        client.run(jid, args.warmup, args.inflight, args.timeout)
+    before = {name: cpu_times(pid) for name, pid in processes.items()}
+    busy_before = machine_busy_seconds()
+    stats = client.run(jid, args.requests, args.inflight, args.timeout)
+    busy = machine_busy_seconds() - busy_before
+    after = {name: cpu_times(pid) for name, pid in processes.items()}
+    if stats["errors"] and not allow_errors:
+        samples = "\n  ".join(stats["error_samples"])
+        raise BenchError(f"{label}: {stats['errors']} of {args.requests} replies were errors, e.g.\n  {samples}")
+    answered = stats["results"] + stats["errors"]
+    cpu = {name: sum(after[name]) - sum(before[name]) for name in processes}
+    system_share = {
+        name: (after[name][1] - before[name][1]) / cpu[name] if cpu[name] else 0.0 for name in processes
+    }
+    cpu["client"] = stats["client_cpu_s"]
+    # Cores kept busy by anything else on the machine during the run (another job would skew
+    # the figures: the machine has few cores).
+    foreign = max(0.0, busy - sum(cpu.values())) / stats["wall_s"]
+    if foreign > FOREIGN_WARNING:
+        print(f"  warning: {label}: other processes kept {foreign:.2f} cores busy during the run", file=sys.stderr)
+    return {
+        "label": label,
+        "jid": jid,
+        **{key: stats[key] for key in ("requests", "results", "errors", "wall_s", "rate")},
+        "latency_us": {key[:-3]: stats[key] for key in ("p50_us", "p90_us", "p99_us", "max_us", "mean_us")},
+        "cpu_s": cpu,
+        "cpu_us_per_slot": {name: seconds * 1e6 / answered for name, seconds in cpu.items()},
+        "cpu_system_share": system_share,
+        "machine_busy_cores": busy / stats["wall_s"],
+        "foreign_busy_cores": foreign,
+        "error_samples": stats["error_samples"],
+    }
+
+
+def wait_for_quiet(limit: float, window: float = 0.5) -> float:
+    """Between runs our own processes are idle: wait (at most ``limit`` seconds) until the
+    machine's other load drops under :data:`FOREIGN_WARNING` cores; returns the last reading."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(window)
+        busy = (machine_busy_seconds() - before) / window
+        if busy < FOREIGN_WARNING or time.monotonic() >= deadline:
+            return busy
+
+
+def run_rounds(client: LoadClientProcess, prosody: Prosody, targets: list[Target], args: argparse.Namespace) -> None:
+    """``args.rounds`` rounds over ``targets``, the order rotating each round, so that a slow
+    moment of the machine does not land on one target only."""
+    for index in range(args.rounds):
+        shift = index % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            if target.component is not None:
+                ensure_alive(target.component)
+            row = measure(client, target.label, target.jid, target.processes(prosody), args)
+            target.runs.append(row)
+            print(f"  round {index + 1}: {target.label}: {row['rate']:.0f} slots/s", flush=True)
+
+
+def representative(target: Target) -> dict[str, Any]:
+    """The run with the median rate (its latencies and CPU figures belong together) among the
+    runs that no other load disturbed (all runs if none), plus every run's rate and the median
+    CPU per slot over the same runs."""
+    clean = [run for run in target.runs if run["foreign_busy_cores"] <= FOREIGN_WARNING] or target.runs
+    ordered = sorted(clean, key=lambda run: run["rate"])
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["rates"] = [run["rate"] for run in target.runs]
+    row["runs_without_foreign_load"] = sum(run["foreign_busy_cores"] <= FOREIGN_WARNING for run in target.runs)
+    row["cpu_us_per_slot_median"] = {
+        name: statistics.median(run["cpu_us_per_slot"][name] for run in clean) for name in row["cpu_us_per_slot"]
+    }
+    if target.component is not None:
+        row["component_log"] = findings = target.component.log_findings()
+        if findings["error_lines"]:
+            print(
+                f"  WARNING: {target.label} logged {findings['error_lines']} ERROR lines "
+                f"({findings['tracebacks']} tracebacks) so far; first:\n    " + "\n    ".join(findings["first"]),
+                file=sys.stderr,
+            )
+    return row
+
+
+def ensure_alive(*processes: ComponentProcess) -> None:
+    for process in processes:
+        if not process.running:
+            raise BenchError(f"{process.name} exited early:\n{process.log_tail()}")
+
+
+def start_components(client: LoadClientProcess, targets: list[Target]) -> None:
+    for target in targets:
+        if target.component is not None and not target.component.running:
+            target.component.start()
+    for target in targets:
+        try:
+            client.wait_until_serving(target.jid, 30)
+        except LoadError:
+            if target.component is not None:
+                ensure_alive(target.component)
+            raise
+
+
+def ours_target(prosody: Prosody, work: Path, iqdisc: str, jid: str) -> Target:
+    name = jid.partition(".")[0]
+    config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid)
+    return Target(f"ours:{iqdisc}", f"ours ({iqdisc})", jid, harness.ours_process(name, config, work))
+
+
+def variant_jid(iqdisc: str) -> str:
+    return f"upload-{iqdisc.replace(':', '').replace('_', '')}.localhost"
+
+
+# --------------------------------------------------------------------------
+# profiling (py-spy, if installed)
+
+
+def find_py_spy(option: str) -> str | None:
+    import shutil
+
+    if option and option != "auto":
+        return option
+    for candidate in (Path(sys.executable).parent / "py-spy", Path("/tmp/bench-tools/bin/py-spy")):
+        if candidate.is_file():
+            return str(candidate)
+    return shutil.which("py-spy")
+
+
+def profile_component(client: LoadClientProcess, pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Sample our component with py-spy during one more load run; writes raw stacks and an SVG."""
+    import subprocess
+
+    import profile_summary
+
+    py_spy = find_py_spy(args.py_spy)
+    if not py_spy:
+        return {"skipped": "py-spy not found (pip install py-spy)"}
+    outputs = {"raw": Path(args.profile_dir) / "profile.txt", "flamegraph": Path(args.profile_dir) / "profile.svg"}
+    outputs["raw"].parent.mkdir(parents=True, exist_ok=True)
+    for fmt, path in outputs.items():
+        spy = subprocess.Popen(
+            [py_spy, "record", "--pid", str(pid), "--rate", "500", "--nonblocking", "--format", fmt, "-o", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            time.sleep(1.0)  # let py-spy attach
+            client.run(OURS_JID, args.requests, args.inflight, args.timeout)
+        finally:
+            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+            try:
+                _, err = spy.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+        if not path.is_file():
+            return {"skipped": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
+    summary = profile_summary.summarise(outputs["raw"].read_text())
+    return {"files": {k: str(v) for k, v in outputs.items()}, **summary}
+
+
+# --------------------------------------------------------------------------
+# two components with the same JID
+
+
+@contextmanager
+def running(*processes: ComponentProcess) -> Iterator[None]:
+    try:
+        for process in processes:
+            process.start()
+        yield
+    finally:
+        for process in processes:
+            process.stop()
+
+
+def two_components(args: argparse.Namespace, policy: str | None) -> dict[str, Any]:
+    """Connect two ``serve`` processes as ``upload.localhost`` and watch what Prosody does: who
+    serves a load run, and (if the second one waits) how long until it takes over once the
+    first one stops."""
+    extra = f'component_conflict_resolve = "{policy}"' if policy else ""
+    prosody = harness.start_prosody(
+        {OURS_JID: secrets.token_hex(8)}, http_file_share=False, log_level="info", extra=extra
+    )
+    client: LoadClientProcess | None = None
+    with harness.workdir() as tmp:
+        work = Path(tmp)
+        try:
+            accounts = harness.register_users(prosody, args.users)
+            client = LoadClientProcess(harness.LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
+            client.start()
+            config = harness.write_ours_config(work / "ours.toml", prosody, "one_queue")
+            first = harness.ours_process("first", config, work)
+            second = harness.ours_process("second", config, work)
+            result: dict[str, Any] = {"policy": policy or "default (kick_new)"}
+            with running(first):
+                client.wait_until_serving(OURS_JID, 30)
+                with running(second):
+                    time.sleep(args.settle)
+                    result["alive_after_settle"] = {"first": first.running, "second": second.running}
+                    pids = {"first": first.pid, "second": second.pid}
+                    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                    short = argparse.Namespace(**{**vars(args), "warmup": 0, "timeout": 15})
+                    watched = {"prosody": prosody.pid, **{f"component {name}": pid for name, pid in pids.items()}}
+                    try:
+                        result["load"] = measure(client, "two components", OURS_JID, watched, short, allow_errors=True)
+                    except LoadError as error:
+                        result["load"] = {"failed": str(error)}
+                    result["component_cpu_s_during_load"] = {
+                        name: round(cpu_seconds(pid) - before[name], 3) for name, pid in pids.items() if _alive(pid)
+                    }
+                    result["alive_after_load"] = {"first": first.running, "second": second.running}
+                    if "failed" not in result["load"]:
+                        result["takeover_s"] = takeover_seconds(client, first)
+                    result["component_logs"] = {"first": first.log_tail(6), "second": second.log_tail(6)}
+            result["prosody_log"] = _component_log_lines(prosody.log_path.read_text(errors="replace"))
+            return result
+        finally:
+            if client is not None:
+                client.stop()
+            prosody.stop()
+
+
+def takeover_seconds(client: LoadClientProcess, first: ComponentProcess, limit: float = 45.0) -> float | None:
+    """Stop ``first``; seconds until a slot request gets a result again (None: not within ``limit``)."""
+    first.stop()
+    started = time.monotonic()
+    try:
+        client.wait_until_serving(OURS_JID, limit)
+    except LoadError:
+        return None
+    return round(time.monotonic() - started, 1)
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _component_log_lines(text: str, limit: int = 12) -> dict[str, Any]:
+    """The Prosody log lines about component (dis)connections, and how many of each kind."""
+    pattern = re.compile(r"component|conflict", re.I)
+    lines = [line for line in text.splitlines() if pattern.search(line)]
+    return {
+        "authenticated": sum("successfully authenticated" in line for line in lines),
+        "second_denied": sum("Second component attempted to connect" in line for line in lines),
+        "lines": lines[:limit],
+    }
+
+
+# --------------------------------------------------------------------------
+# reporting
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    """slots/s and latencies of the median-rate run; CPU per slot: median over the runs."""
+    header = (
+        f"{'target':<30} {'slots/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
+        f"{'comp µs/slot':>12} {'prosody µs/slot':>15} {'client µs/slot':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        per = row.get("cpu_us_per_slot_median", row["cpu_us_per_slot"])
+        comp = f"{per['component']:.0f}" if "component" in per else "—"
+        print(
+            f"{row['label']:<30} {row['rate']:>9.0f} {row['latency_us']['p50']:>8.0f} {row['latency_us']['p99']:>8.0f} "
+            f"{comp:>12} {per['prosody']:>15.0f} {per['client']:>14.0f}"
+        )
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    ours = results.get("ours")
+    for other in ("prosody", "ceiling"):
+        if ours and other in results:
+            out[f"ours/{other} slots/s"] = ours["rate"] / results[other]["rate"]
+            out[f"ours/{other} p50"] = ours["latency_us"]["p50"] / results[other]["latency_us"]["p50"]
+    if ours and "ceiling" in results:
+        per, ceiling = ours["cpu_us_per_slot_median"], results["ceiling"]["cpu_us_per_slot_median"]
+        out["ours/ceiling component CPU per slot"] = per["component"] / ceiling["component"]
+        out["ours/ceiling Prosody CPU per slot"] = per["prosody"] / ceiling["prosody"]
+    if ours and "prosody" in results:
+        per, share = ours["cpu_us_per_slot_median"], results["prosody"]["cpu_us_per_slot_median"]
+        ours_total = per["component"] + per["prosody"]
+        out["(ours component + Prosody)/Prosody share CPU per slot"] = ours_total / share["prosody"]
+    return out
+
+
+# --------------------------------------------------------------------------
+# main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=4, help="concurrent c2s connections K (default 4)")
+    parser.add_argument("--inflight", type=int, default=16, help="requests in flight per connection D (default 16)")
+    parser.add_argument("--requests", type=int, default=20000, help="measured requests N per target (default 20000)")
+    parser.add_argument("--warmup", type=int, default=1000, help="unmeasured requests before each run (default 1000)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per target, interleaved; the median is shown (default 3)"
+    )
+    parser.add_argument("--iqdisc", default="one_queue", help="ours: one_queue|parallel|no_queue|queues:N")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling")
+    parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
+    parser.add_argument("--profile", action="store_true", help="py-spy our component during one extra run")
+    parser.add_argument("--py-spy", default="auto", help="path of py-spy (default: look for it)")
+    parser.add_argument("--profile-dir", default=str(harness.RESULTS), help="where profile.txt/.svg go")
+    parser.add_argument("--prosody-log-level", default="warn", help="Prosody's log level (default warn)")
+    parser.add_argument("--prosody-config", default="", help="extra global Prosody config lines (Lua)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds one run may take (default 120)")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=20.0, help="seconds to wait for other load to end before a run (default 20)"
+    )
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds to watch a second component (default 3)")
+    parser.add_argument("--json", default=str(harness.RESULTS / "throughput.json"), help="JSON output path")
+    args = parser.parse_args(argv)
+    args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.target_list) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    harness.iqdisc_toml(args.iqdisc)  # validates
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    needs_ours = "ours" in args.target_list or args.scaling
+    if needs_ours and not harness.serve_available():
+        print("slixmpp_http_upload/serve.py does not exist yet: skipping 'ours' and --scaling", file=sys.stderr)
+        args.target_list = [t for t in args.target_list if t != "ours"]
+        args.scaling = False
+    document: dict[str, Any] = {
+        "benchmark": "throughput",
+        "machine": harness.machine(),
+        "load": {k: getattr(args, k) for k in ("users", "inflight", "requests", "warmup", "rounds")},
+        "prosody_log_level": args.prosody_log_level,
+        "prosody_config": args.prosody_config,
+    }
+    variants = [v for v in SCALING_IQDISCS if v != args.iqdisc] if args.scaling else []
+    components = {OURS_JID: secrets.token_hex(8), CEILING_JID: secrets.token_hex(8)}
+    components.update({variant_jid(v): secrets.token_hex(8) for v in variants})
+    prosody = harness.start_prosody(
+        components, http_file_share=True, log_level=args.prosody_log_level, extra=args.prosody_config
+    )
+    client: LoadClientProcess | None = None
+    targets: dict[str, Target] = {}
+    with harness.workdir() as tmp:
+        work = Path(tmp)
+        try:
+            accounts = harness.register_users(prosody, args.users)
+            client = LoadClientProcess(harness.LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
+            client.start()
+            if needs_ours:
+                targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID)
+            targets["prosody"] = Target("prosody", "prosody mod_http_file_share", Prosody.share_jid)
+            targets["ceiling"] = Target(
+                "ceiling", "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)
+            )
+            for variant in variants:
+                targets[f"ours:{variant}"] = ours_target(prosody, work, variant, variant_jid(variant))
+            start_components(client, list(targets.values()))
+            print(
+                f"Prosody pid {prosody.pid}, load client pid {client.pid}: K={args.users} connections × "
+                f"D={args.inflight} in flight, N={args.requests} requests (+{args.warmup} warm-up) per run, "
+                f"{args.rounds} rounds",
+                flush=True,
+            )
+            main_targets = [targets[key] for key in args.target_list]
+            run_rounds(client, prosody, main_targets, args)
+            results = {key: representative(targets[key]) for key in args.target_list}
+            document["results"] = results
+            document["ratios"] = ratios(results)
+            print()
+            print_table(list(results.values()))
+            for name, value in document["ratios"].items():
+                print(f"  {name}: {value:.2f}")
+            if args.scaling:
+                scaled = [targets["ours"]] + [targets[f"ours:{v}"] for v in variants]
+                document["scaling"] = scaling(client, prosody, scaled, args)
+            if args.profile and "ours" in targets:
+                ours = targets["ours"]
+                assert ours.component is not None
+                document["profile"] = profile_component(client, ours.component.pid, args)
+                profile_summary_print(document["profile"])
+        finally:
+            for target in targets.values():
+                if target.component is not None:
+                    target.component.stop()
+            if client is not None:
+                client.stop()
+            prosody.stop()
+    if args.scaling:
+        document["two_components"] = [two_components(args, None), two_components(args, "kick_old")]
+        print_two_components(document["two_components"])
+    path = harness.write_json(args.json, document)
+    print(f"\nJSON: {path}")
+    return 0
+
+
+def scaling(
+    client: LoadClientProcess, prosody: Prosody, targets: list[Target], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Ours under every iqdisc, each its own component process at its own JID, interleaved."""
+    print("\nours under each iqdisc:")
+    fresh = [Target(t.key, t.label, t.jid, t.component) for t in targets]
+    run_rounds(client, prosody, fresh, args)
+    rows = [representative(t) for t in fresh]
+    print_table(rows)
+    return rows
+
+
+def print_two_components(experiments: list[dict[str, Any]]) -> None:
+    print("\ntwo `serve` processes connected as the same JID:")
+    for exp in experiments:
+        load = exp["load"]
+        if "rate" in load:
+            outcome = f"{load['rate']:.0f} slots/s, {load['errors']} errors"
+        else:
+            outcome = f"load failed: {load['failed']}"
+        print(
+            f"  {exp['policy']}: alive after settle {exp['alive_after_settle']}, after load {exp['alive_after_load']}; "
+            f"component CPU s during load {exp['component_cpu_s_during_load']}; {outcome}; "
+            f"Prosody log: {exp['prosody_log']['authenticated']} authenticated, "
+            f"{exp['prosody_log']['second_denied']} denied; takeover after stopping the first: "
+            f"{exp.get('takeover_s', 'n/a')} s"
+        )
+
+
+def profile_summary_print(profile: dict[str, Any]) -> None:
+    import profile_summary
+
+    profile_summary.print_summary(profile)
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except (BenchError, LoadError) as error:
+        print(f"throughput: FAILED: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
