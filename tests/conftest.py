@@ -195,3 +195,19 @@ async def xmpp_clients() -> AsyncIterator[XmppClients]:
     clients = XmppClients()
     yield clients
     await clients.close()
+
+
+# ------------------------------------------------------------ Prosody with TLS
+
+
+@pytest.fixture(scope="session")
+def prosody_tls() -> Iterator[Prosody]:
+    """Like ``prosody`` (its own instance, component secret and users alice/bob), but c2s
+    requires STARTTLS with a certificate for ``localhost`` from a throw-away CA: clients must
+    trust ``ca_path``.  The component port stays plaintext (XEP-0114)."""
+    if find_prosody() is None:
+        _missing("the 'prosody'/'prosodyctl' binaries", "apt-get install prosody")
+    with Prosody({UPLOAD_JID: secrets.token_hex(16)}, tls=True) as server:
+        for user, password in USERS.items():
+            server.register(user, password)
+        yield server

@@ -39,6 +39,8 @@ __all__ = [
     "find_weed",
     "find_prosody",
     "free_ports",
+    "TestCertificates",
+    "make_test_certificates",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -480,6 +482,131 @@ def anonymous_request(
 
 
 # --------------------------------------------------------------------------
+# TLS certificates (a throw-away CA and a server certificate, made with ``cryptography``)
+
+
+class TestCertificates:
+    """Paths of the PEM files written by ``make_test_certificates``."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(self, ca_path: Path, cert_path: Path, key_path: Path) -> None:
+        self.ca_path = ca_path  # the CA certificate: what clients must trust
+        self.cert_path = cert_path  # the server certificate (leaf only)
+        self.key_path = key_path  # the server's private key (mode 0600)
+
+
+def make_test_certificates(
+    directory: str | os.PathLike[str],
+    *,
+    dns_names: Iterable[str] = ("localhost", "*.localhost"),
+    ip_addresses: Iterable[str] = (LOOPBACK,),
+    name: str = "localhost",
+    days: int = 30,
+) -> TestCertificates:
+    """Write a fresh CA certificate (``ca.crt``) and a server certificate and key
+    (``NAME.crt``, ``NAME.key``, the key with mode 0600) signed by it into ``directory``.
+
+    Keys are EC P-256.  The server certificate carries ``dns_names`` and
+    ``ip_addresses`` as subjectAltName, serverAuth extended key usage and key
+    identifiers, so it also passes OpenSSL's strict X.509 checks.  The CA's
+    private key is never written: nothing else can ever be signed by that CA.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory = Path(directory)
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "slixmpp-http-upload tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"throw-away test CA {secrets.token_hex(4)}"),
+        ]
+    )
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    paths = TestCertificates(directory / "ca.crt", directory / f"{name}.crt", directory / f"{name}.key")
+    paths.ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # Created 0600 from the start: the key is never readable by others, not even briefly.
+    fd = os.open(paths.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key_pem)
+    os.chmod(paths.key_path, 0o600)  # in case the file existed with other bits
+    return paths
+
+
+# --------------------------------------------------------------------------
 # Prosody
 
 
@@ -498,9 +625,17 @@ class Prosody(_Server):
     ``share.localhost`` (``share_jid``) with URLs on ``http://127.0.0.1:http_port/``.
     Plaintext c2s (PLAIN and SCRAM) is allowed: clients must not ask for TLS.
 
+    With ``tls=True`` c2s offers STARTTLS with a certificate for ``localhost``,
+    ``*.localhost`` and 127.0.0.1 made at construction by a throw-away CA
+    (``ca_path`` is that CA's PEM certificate, for clients to trust;
+    ``cert_path``/``key_path`` are the server's), encryption is required before
+    authentication, and PLAIN/SCRAM are only offered over TLS.  Components
+    still connect in plaintext on ``component_port`` (XEP-0114 has no TLS).
+
     Attributes: ``domain``, ``c2s_port``, ``component_port``, ``http_port``,
     ``components``, ``users`` (filled by ``register``), ``config_path``,
-    ``log_path``, ``tmpdir``.  Ports are chosen once and kept across ``restart()``;
+    ``log_path``, ``tmpdir``, ``tls`` and, with TLS, ``ca_path``, ``cert_path``,
+    ``key_path``.  Ports are chosen once and kept across ``restart()``;
     the data directory (accounts) survives restarts too.
     """
 
@@ -514,10 +649,15 @@ class Prosody(_Server):
         domain: str = "localhost",
         log_level: str = "info",
         extra_config: str = "",
+        tls: bool = False,
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
         super().__init__()
+        self.tls = tls
+        self.ca_path: Path | None = None
+        self.cert_path: Path | None = None
+        self.key_path: Path | None = None
         found = find_prosody()
         self.prosody, self.prosodyctl = found if found else ("", "")
         self.components: dict[str, str] = dict(components or {})
@@ -536,6 +676,9 @@ class Prosody(_Server):
         self._console_path = self.tmpdir / "console.log"
         for sub in ("data", "certs"):
             (self.tmpdir / sub).mkdir(mode=0o750)
+        if tls:
+            made = make_test_certificates(self.tmpdir / "certs", name=domain)
+            self.ca_path, self.cert_path, self.key_path = made.ca_path, made.cert_path, made.key_path
         self.config_path.write_text(self._config())
 
     @property
@@ -552,6 +695,10 @@ class Prosody(_Server):
 
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"
+
+    def _ssl_setting(self) -> str:
+        assert self.cert_path is not None and self.key_path is not None
+        return f"ssl = {{ certificate = {_lua_str(self.cert_path)}; key = {_lua_str(self.key_path)}; }}"
 
     def _config(self) -> str:
         t = self.tmpdir
@@ -579,18 +726,31 @@ class Prosody(_Server):
             "c2s_direct_tls_ports = { }",
             "s2s_direct_tls_ports = { }",
             "legacy_ssl_ports = { }",
-            "c2s_require_encryption = false",
+            f"c2s_require_encryption = {'true' if self.tls else 'false'}",
             "s2s_require_encryption = false",
-            "allow_unencrypted_plain_auth = true",
+            f"allow_unencrypted_plain_auth = {'false' if self.tls else 'true'}",
             "allow_registration = false",
             'authentication = "internal_hashed"',
-            "modules_enabled = { \"roster\"; \"saslauth\"; \"disco\"; \"ping\"; \"posix\"; }",
-            "modules_disabled = { \"s2s\"; \"tls\"; }",
+        ]
+        if self.tls:  # mod_tls offers STARTTLS with the certificate below
+            lines += [
+                "modules_enabled = { \"roster\"; \"saslauth\"; \"tls\"; \"disco\"; \"ping\"; \"posix\"; }",
+                "modules_disabled = { \"s2s\"; }",
+                self._ssl_setting(),
+            ]
+        else:
+            lines += [
+                "modules_enabled = { \"roster\"; \"saslauth\"; \"disco\"; \"ping\"; \"posix\"; }",
+                "modules_disabled = { \"s2s\"; \"tls\"; }",
+            ]
+        lines += [
             self.extra_config,
             "",
             f"VirtualHost {_lua_str(self.domain)}",
-            "",
         ]
+        if self.tls:
+            lines.append(f"    {self._ssl_setting()}")
+        lines += [""]
         for jid, secret in self.components.items():
             lines += [f"Component {_lua_str(jid)}", f"    component_secret = {_lua_str(secret)}", ""]
         if self.http_file_share:
