@@ -14,6 +14,7 @@ ALLOWED_PUT_HEADERS = frozenset({"authorization", "cookie", "expires"})
 """The only header names XEP-0363 lets a service hand to clients."""
 
 MAX_FILENAME_BYTES = 255
+MAX_SIZE_DIGITS = 20
 
 
 class BadRequest(ValueError):
@@ -99,6 +100,8 @@ def check_size(size: str | int | None) -> int:
     if isinstance(size, int) and not isinstance(size, bool):
         value = size
     elif isinstance(size, str) and size.isascii() and size.isdigit():
+        if len(size) > MAX_SIZE_DIGITS:  # no file is that large, and int() refuses 4300 digits
+            raise BadRequest(f"The size has more than {MAX_SIZE_DIGITS} digits.")
         value = int(size)
     else:
         raise BadRequest("The size is missing or not a positive decimal integer.")

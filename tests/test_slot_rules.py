@@ -81,6 +81,12 @@ def test_content_type_refused(content_type, message):
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize("size", ["9" * 21, "9" * 5000])
+def test_size_with_too_many_digits_is_a_bad_request(size):
+    with pytest.raises(BadRequest, match="^The size has more than 20 digits.$"):
+        request(size=size, max_file_size=10)
+
+
 def test_max_file_size():
     assert request(size="1000", max_file_size=1000).size == 1000
     assert request(size=str(10**18), max_file_size=None).size == 10**18
