@@ -15,6 +15,7 @@ ALLOWED_PUT_HEADERS = frozenset({"authorization", "cookie", "expires"})
 
 MAX_FILENAME_BYTES = 255
 MAX_SIZE_DIGITS = 20
+MAX_CONTENT_TYPE_LENGTH = 255
 
 
 class BadRequest(ValueError):
@@ -117,4 +118,6 @@ def check_content_type(content_type: str | None) -> str | None:
         raise BadRequest("The content-type contains a line break.")
     if not all(0x20 <= ord(char) < 0x7F for char in content_type):
         raise BadRequest("The content-type must be printable ASCII.")
+    if len(content_type) > MAX_CONTENT_TYPE_LENGTH:
+        raise BadRequest(f"The content-type is longer than {MAX_CONTENT_TYPE_LENGTH} characters.")
     return content_type

@@ -81,6 +81,12 @@ def test_content_type_refused(content_type, message):
     assert str(error.value) == message
 
 
+def test_content_type_length():
+    assert request(content_type="a/" + "b" * 253).content_type == "a/" + "b" * 253
+    with pytest.raises(BadRequest, match="^The content-type is longer than 255 characters.$"):
+        request(content_type="a/" + "b" * 254)
+
+
 @pytest.mark.parametrize("size", ["9" * 21, "9" * 5000])
 def test_size_with_too_many_digits_is_a_bad_request(size):
     with pytest.raises(BadRequest, match="^The size has more than 20 digits.$"):
