@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,7 +26,7 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
-from loadclient import Account  # noqa: E402
+from loadclient import Account, LoadClientProcess  # noqa: E402
 from servers import LOOPBACK, Prosody  # noqa: E402  (tests/servers.py, reused as is)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -123,6 +125,27 @@ def register_users(prosody: Prosody, count: int) -> list[Account]:
     for account in accounts:
         prosody.register(account.user, account.password)
     return accounts
+
+
+@contextmanager
+def prosody_and_load_client(
+    components: dict[str, str], *, users: int, http_file_share: bool, log_level: str, extra: str = ""
+) -> Iterator[tuple[Prosody, LoadClientProcess, Path]]:
+    """A started private Prosody (see :func:`start_prosody`), the load client logged in as
+    ``users`` bench accounts, and a work directory; on exit the client and Prosody are stopped
+    and the directory removed.  Components the caller starts it must stop before leaving."""
+    prosody = start_prosody(components, http_file_share=http_file_share, log_level=log_level, extra=extra)
+    client: LoadClientProcess | None = None
+    with workdir() as tmp:
+        try:
+            accounts = register_users(prosody, users)
+            client = LoadClientProcess(LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
+            client.start()
+            yield prosody, client, Path(tmp)
+        finally:
+            if client is not None:
+                client.stop()
+            prosody.stop()
 
 
 # --------------------------------------------------------------------------

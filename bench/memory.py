@@ -18,7 +18,6 @@ import argparse
 import secrets
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -92,29 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not harness.serve_available():
         raise BenchError("slixmpp_http_upload/serve.py does not exist yet")
-    prosody = harness.start_prosody({OURS_JID: secrets.token_hex(8)}, http_file_share=False, log_level="warn")
-    client: LoadClientProcess | None = None
-    component = None
-    with harness.workdir() as tmp:
-        work = Path(tmp)
-        try:
-            accounts = harness.register_users(prosody, args.users)
-            client = LoadClientProcess(harness.LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
-            client.start()
-            config = harness.write_ours_config(work / "ours.toml", prosody, args.iqdisc)
-            component = harness.ours_process("ours", config, work).start()
+    with harness.prosody_and_load_client(
+        {OURS_JID: secrets.token_hex(8)}, users=args.users, http_file_share=False, log_level="warn"
+    ) as (prosody, client, work):
+        config = harness.write_ours_config(work / "ours.toml", prosody, args.iqdisc)
+        with harness.ours_process("ours", config, work) as component:
             client.wait_until_serving(OURS_JID, 30)
             print(f"component pid {component.pid}, iqdisc {args.iqdisc}, K={args.users} × D={args.inflight}")
             samples = drive(client, component.pid, args.checkpoint_list, args.inflight, args.timeout)
             peak = peak_rss_bytes(component.pid) / MB
             if not component.running:
                 raise BenchError(f"the component exited:\n{component.log_tail()}")
-        finally:
-            if component is not None:
-                component.stop()
-            if client is not None:
-                client.stop()
-            prosody.stop()
     result = verdict(samples, args.checkpoint_list[0], args.checkpoint_list[-1])
     first, last = args.checkpoint_list[0], args.checkpoint_list[-1]
     print(

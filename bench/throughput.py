@@ -275,46 +275,35 @@ def two_components(args: argparse.Namespace, policy: str | None) -> dict[str, An
     serves a load run, and (if the second one waits) how long until it takes over once the
     first one stops."""
     extra = f'component_conflict_resolve = "{policy}"' if policy else ""
-    prosody = harness.start_prosody(
-        {OURS_JID: secrets.token_hex(8)}, http_file_share=False, log_level="info", extra=extra
-    )
-    client: LoadClientProcess | None = None
-    with harness.workdir() as tmp:
-        work = Path(tmp)
-        try:
-            accounts = harness.register_users(prosody, args.users)
-            client = LoadClientProcess(harness.LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
-            client.start()
-            config = harness.write_ours_config(work / "ours.toml", prosody, "one_queue")
-            first = harness.ours_process("first", config, work)
-            second = harness.ours_process("second", config, work)
-            result: dict[str, Any] = {"policy": policy or "default (kick_new)"}
-            with running(first):
-                client.wait_until_serving(OURS_JID, 30)
-                with running(second):
-                    time.sleep(args.settle)
-                    result["alive_after_settle"] = {"first": first.running, "second": second.running}
-                    pids = {"first": first.pid, "second": second.pid}
-                    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                    short = argparse.Namespace(**{**vars(args), "warmup": 0, "timeout": 15})
-                    watched = {"prosody": prosody.pid, **{f"component {name}": pid for name, pid in pids.items()}}
-                    try:
-                        result["load"] = measure(client, "two components", OURS_JID, watched, short, allow_errors=True)
-                    except LoadError as error:
-                        result["load"] = {"failed": str(error)}
-                    result["component_cpu_s_during_load"] = {
-                        name: round(cpu_seconds(pid) - before[name], 3) for name, pid in pids.items() if _alive(pid)
-                    }
-                    result["alive_after_load"] = {"first": first.running, "second": second.running}
-                    if "failed" not in result["load"]:
-                        result["takeover_s"] = takeover_seconds(client, first)
-                    result["component_logs"] = {"first": first.log_tail(6), "second": second.log_tail(6)}
-            result["prosody_log"] = _component_log_lines(prosody.log_path.read_text(errors="replace"))
-            return result
-        finally:
-            if client is not None:
-                client.stop()
-            prosody.stop()
+    with harness.prosody_and_load_client(
+        {OURS_JID: secrets.token_hex(8)}, users=args.users, http_file_share=False, log_level="info", extra=extra
+    ) as (prosody, client, work):
+        config = harness.write_ours_config(work / "ours.toml", prosody, "one_queue")
+        first = harness.ours_process("first", config, work)
+        second = harness.ours_process("second", config, work)
+        result: dict[str, Any] = {"policy": policy or "default (kick_new)"}
+        with running(first):
+            client.wait_until_serving(OURS_JID, 30)
+            with running(second):
+                time.sleep(args.settle)
+                result["alive_after_settle"] = {"first": first.running, "second": second.running}
+                pids = {"first": first.pid, "second": second.pid}
+                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                short = argparse.Namespace(**{**vars(args), "warmup": 0, "timeout": 15})
+                watched = {"prosody": prosody.pid, **{f"component {name}": pid for name, pid in pids.items()}}
+                try:
+                    result["load"] = measure(client, "two components", OURS_JID, watched, short, allow_errors=True)
+                except LoadError as error:
+                    result["load"] = {"failed": str(error)}
+                result["component_cpu_s_during_load"] = {
+                    name: round(cpu_seconds(pid) - before[name], 3) for name, pid in pids.items() if _alive(pid)
+                }
+                result["alive_after_load"] = {"first": first.running, "second": second.running}
+                if "failed" not in result["load"]:
+                    result["takeover_s"] = takeover_seconds(client, first)
+                result["component_logs"] = {"first": first.log_tail(6), "second": second.log_tail(6)}
+        result["prosody_log"] = _component_log_lines(prosody.log_path.read_text(errors="replace"))
+        return result
 
 
 def takeover_seconds(client: LoadClientProcess, first: ComponentProcess, limit: float = 45.0) -> float | None:
@@ -435,17 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [v for v in SCALING_IQDISCS if v != args.iqdisc] if args.scaling else []
     components = {OURS_JID: secrets.token_hex(8), CEILING_JID: secrets.token_hex(8)}
     components.update({variant_jid(v): secrets.token_hex(8) for v in variants})
-    prosody = harness.start_prosody(
-        components, http_file_share=True, log_level=args.prosody_log_level, extra=args.prosody_config
-    )
-    client: LoadClientProcess | None = None
     targets: dict[str, Target] = {}
-    with harness.workdir() as tmp:
-        work = Path(tmp)
+    with harness.prosody_and_load_client(
+        components, users=args.users, http_file_share=True, log_level=args.prosody_log_level, extra=args.prosody_config
+    ) as (prosody, client, work):
         try:
-            accounts = harness.register_users(prosody, args.users)
-            client = LoadClientProcess(harness.LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
-            client.start()
             if needs_ours:
                 targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID)
             targets["prosody"] = Target("prosody", "prosody mod_http_file_share", Prosody.share_jid)
@@ -482,9 +465,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             for target in targets.values():
                 if target.component is not None:
                     target.component.stop()
-            if client is not None:
-                client.stop()
-            prosody.stop()
     if args.scaling:
         document["two_components"] = [two_components(args, None), two_components(args, "kick_old")]
         print_two_components(document["two_components"])

@@ -7,20 +7,23 @@ the tests that need it are skipped locally, but fail when ``CI`` is set.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
+from slixmpp import ClientXMPP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import Prosody, SeaweedFS, find_prosody, find_weed  # noqa: E402
+from helpers import UPLOAD_JID, ClientPool, write_toml  # noqa: E402
+from servers import Prosody, SeaweedFS, _stop_process_group, find_prosody, find_weed  # noqa: E402
 
-UPLOAD_JID = "upload.localhost"
 USERS = {"alice": "alice-password", "bob": "bob-password"}
 
 
@@ -49,49 +52,25 @@ def seaweedfs() -> Iterator[SeaweedFS]:
 # ------------------------------------------------------------------- Prosody
 
 
-@pytest.fixture(scope="session")
-def prosody() -> Iterator[Prosody]:
-    """A running Prosody for ``localhost`` with external component ``upload.localhost``
-    (``component_jid``, ``component_secret``, ``component_port``) and users alice/bob
-    (``users`` maps name to password, ``jid(name)``); ``c2s_port`` is plaintext."""
+def _running_prosody(*, tls: bool) -> Iterator[Prosody]:
+    """The body of the ``prosody`` and ``prosody_tls`` fixtures."""
     if find_prosody() is None:
         _missing("the 'prosody'/'prosodyctl' binaries", "apt-get install prosody")
-    with Prosody({UPLOAD_JID: secrets.token_hex(16)}) as server:
+    with Prosody({UPLOAD_JID: secrets.token_hex(16)}, tls=tls) as server:
         for user, password in USERS.items():
             server.register(user, password)
         yield server
 
 
+@pytest.fixture(scope="session")
+def prosody() -> Iterator[Prosody]:
+    """A running Prosody for ``localhost`` with external component ``upload.localhost``
+    (``component_jid``, ``component_secret``, ``component_port``) and users alice/bob
+    (``users`` maps name to password, ``jid(name)``); ``c2s_port`` is plaintext."""
+    yield from _running_prosody(tls=False)
+
+
 # ---------------------------------------------------- serve (subprocess) and clients
-
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-from collections.abc import AsyncIterator, Callable, Mapping  # noqa: E402
-from typing import Any  # noqa: E402
-
-import slixmpp  # noqa: E402
-from slixmpp.exceptions import IqError, IqTimeout  # noqa: E402
-
-from servers import _stop_process_group  # noqa: E402
-
-
-def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
-    """Write ``document`` (tables of strings, integers, booleans and lists of them) as TOML."""
-    lines: list[str] = []
-
-    def table(name: str, values: Mapping[str, Any]) -> None:
-        if name:
-            lines.append(f"[{name}]")
-        # JSON and TOML write these scalars and arrays alike.
-        lines.extend(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, Mapping))
-        for key, value in values.items():
-            if isinstance(value, Mapping):
-                table(f"{name}.{key}" if name else key, value)
-
-    table("", document)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 class ServeProcess:
@@ -149,52 +128,26 @@ def start_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
         process.stop()
 
 
-class XmppClients:
+class XmppClients(ClientPool):
     """Logged-in slixmpp clients (plaintext loopback) with the XEP-0363 client plugin."""
 
-    def __init__(self) -> None:
-        self._clients: list[slixmpp.ClientXMPP] = []
-
-    async def connect(self, server: Prosody, user: str = "alice", timeout: float = 15) -> slixmpp.ClientXMPP:
-        xmpp = slixmpp.ClientXMPP(server.jid(user), server.users[user])
-        xmpp.enable_direct_tls = False
+    async def connect(self, server: Prosody, user: str = "alice", timeout: float = 15) -> ClientXMPP:
+        xmpp = self._new_client(server, user)
         xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
-        for plugin in ("xep_0030", "xep_0004", "xep_0128", "xep_0363"):
-            xmpp.register_plugin(plugin)
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         xmpp.add_event_handler("session_start", lambda _: outcome.done() or outcome.set_result(True))
         xmpp.add_event_handler("failed_all_auth", lambda _: outcome.done() or outcome.set_result(False))
-        self._clients.append(xmpp)
         xmpp.connect("127.0.0.1", server.c2s_port)
         if not await asyncio.wait_for(outcome, timeout):
             raise AssertionError(f"{server.jid(user)} could not log in")
         return xmpp
 
-    @staticmethod
-    async def wait_for_service(xmpp: slixmpp.ClientXMPP, jid: str, timeout: float = 15) -> Any:
-        """Ask ``jid`` for disco#info until it answers (a component that is not connected yet
-        gets an error from the server); return the answer."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                return await xmpp.plugin["xep_0030"].get_info(jid, timeout=2)
-            except (IqError, IqTimeout):
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-
-    async def close(self) -> None:
-        for xmpp in self._clients:
-            xmpp.cancel_connection_attempt()
-            await asyncio.wait_for(xmpp.disconnect(wait=1), 5)
-
 
 @pytest.fixture
 async def xmpp_clients() -> AsyncIterator[XmppClients]:
     """``await xmpp_clients.connect(prosody, "alice")``; all disconnected after the test."""
-    clients = XmppClients()
-    yield clients
-    await clients.close()
+    async with XmppClients() as clients:
+        yield clients
 
 
 # ------------------------------------------------------------ Prosody with TLS
@@ -205,9 +158,4 @@ def prosody_tls() -> Iterator[Prosody]:
     """Like ``prosody`` (its own instance, component secret and users alice/bob), but c2s
     requires STARTTLS with a certificate for ``localhost`` from a throw-away CA: clients must
     trust ``ca_path``.  The component port stays plaintext (XEP-0114)."""
-    if find_prosody() is None:
-        _missing("the 'prosody'/'prosodyctl' binaries", "apt-get install prosody")
-    with Prosody({UPLOAD_JID: secrets.token_hex(16)}, tls=True) as server:
-        for user, password in USERS.items():
-            server.register(user, password)
-        yield server
+    yield from _running_prosody(tls=True)

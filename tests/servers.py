@@ -189,6 +189,28 @@ class _Server:
     def stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def log_tail(self, lines: int = 40) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _spawn(self, cmd: list[str], *, cwd: Path, output: Path, append: bool = False) -> None:
+        """Start ``cmd`` as the server process, in its own process group (so that
+        ``_stop_process_group`` ends every child), stdout and stderr to ``output``."""
+        with open(output, "ab" if append else "wb") as out:
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def _check_not_exited(self, name: str) -> None:
+        """While waiting for readiness: raise ``ServerError`` if the process has already exited."""
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise ServerError(f"{name} exited with status {self._proc.returncode} during startup\n{self.log_tail()}")
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -339,16 +361,7 @@ class SeaweedFS(_Server):
             "-admin.ui=false",
             "-webdav=false",
         ]
-        self._output = tmp / "weed.out"
-        with open(self._output, "wb") as out:
-            self._proc = subprocess.Popen(
-                cmd,
-                cwd=tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._spawn(cmd, cwd=tmp, output=tmp / "weed.out")
         try:
             self._wait_ready()
         except BaseException:
@@ -380,11 +393,7 @@ class SeaweedFS(_Server):
         deadline = time.monotonic() + self.startup_timeout
         last_error: BaseException | None = None
         while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise ServerError(
-                    f"weed exited with status {self._proc.returncode} during startup\n{self.log_tail()}"
-                )
+            self._check_not_exited("weed")
             try:
                 self._create_bucket(self.bucket)
                 self._round_trip()
@@ -775,15 +784,8 @@ class Prosody(_Server):
         for port in self._ports_to_wait():
             if _port_open(port):
                 raise ServerError(f"port {LOOPBACK}:{port} is already in use before Prosody started")
-        with open(self._console_path, "ab") as out:
-            self._proc = subprocess.Popen(
-                [self.prosody, "-F", "--config", str(self.config_path)],
-                cwd=self.tmpdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        cmd = [self.prosody, "-F", "--config", str(self.config_path)]
+        self._spawn(cmd, cwd=self.tmpdir, output=self._console_path, append=True)  # kept across restarts
         try:
             self._wait_ready()
         except BaseException:
@@ -804,11 +806,7 @@ class Prosody(_Server):
         deadline = time.monotonic() + self.startup_timeout
         pending = self._ports_to_wait()
         while pending:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise ServerError(
-                    f"prosody exited with status {self._proc.returncode} during startup\n{self.log_tail()}"
-                )
+            self._check_not_exited("prosody")
             pending = [p for p in pending if not _port_open(p)]
             if not pending:
                 return

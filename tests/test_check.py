@@ -3,62 +3,28 @@ configuration, leaves nothing behind, and names the cause on a bad one, never pr
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from pathlib import Path
 
-import pytest
-
+from helpers import run_cli, write_s3_config
 from servers import SeaweedFS, free_ports
-from slixmpp_http_upload import cli
 
 PROBE_PREFIX = "slixmpp-http-upload-check"
 
 
-def toml_string(value: str) -> str:
-    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
-    return json.dumps(value)
+def write_config(directory: Path, seaweedfs: SeaweedFS, **s3: str) -> str:
+    """The configuration for ``seaweedfs``, ``s3`` overriding its options; URLs signed for 120 s."""
+    return write_s3_config(directory, seaweedfs, http_upload={"expiration_time": 120}, **s3)
 
 
-def write_config(
-    directory: Path,
-    seaweedfs: SeaweedFS,
-    *,
-    bucket_url: str | None = None,
-    access_key: str | None = None,
-    secret_key: str | None = None,
-) -> str:
-    path = directory / "config.toml"
-    path.write_text(
-        "\n".join(
-            [
-                "[component]",
-                'domains = ["localhost"]',
-                "",
-                "[http_upload]",
-                "expiration_time = 120",
-                "",
-                "[http_upload.s3]",
-                f"bucket_url = {toml_string(bucket_url or seaweedfs.bucket_url)}",
-                f"region = {toml_string(seaweedfs.region)}",
-                f"access_key_id = {toml_string(access_key or seaweedfs.access_key)}",
-                f"secret_access_key = {toml_string(secret_key or seaweedfs.secret_key)}",
-                "",
-            ]
-        )
-    )
-    return str(path)
-
-
-def run_check(capsys: pytest.CaptureFixture[str], config: str, *secret_values: str) -> tuple[int, list[str]]:
+def run_check(config: str, *secret_values: str) -> tuple[int, list[str]]:
     """Run ``check``; return its exit status and stdout lines. No secret may be printed."""
-    status = cli.main(["check", "-c", config])
-    captured = capsys.readouterr()
+    status, out, err = run_cli("check", "-c", config)
     for secret in secret_values:
-        assert secret not in captured.out and secret not in captured.err, "a secret was printed"
-    assert captured.err == ""
-    return status, captured.out.splitlines()
+        assert secret not in out and secret not in err, "a secret was printed"
+    assert err == ""
+    return status, out.splitlines()
 
 
 def step(lines: list[str], name: str) -> str:
@@ -73,9 +39,9 @@ def keys(seaweedfs: SeaweedFS, bucket: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-def test_check_passes_and_cleans_up(tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS) -> None:
+def test_check_passes_and_cleans_up(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     config = write_config(tmp_path, seaweedfs)
-    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+    status, lines = run_check(config, seaweedfs.secret_key)
 
     assert status == 0, lines
     assert step(lines, "slot").startswith(f"ok    slot    {seaweedfs.bucket_url}/")
@@ -90,10 +56,10 @@ def test_check_passes_and_cleans_up(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not [key for key in keys(seaweedfs, seaweedfs.bucket) if PROBE_PREFIX in key]
 
 
-def test_check_names_a_wrong_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS) -> None:
+def test_check_names_a_wrong_secret(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     wrong = "wrong-" + secrets.token_urlsafe(24)
-    config = write_config(tmp_path, seaweedfs, secret_key=wrong)
-    status, lines = run_check(capsys, config, wrong, seaweedfs.secret_key)
+    config = write_config(tmp_path, seaweedfs, secret_access_key=wrong)
+    status, lines = run_check(config, wrong, seaweedfs.secret_key)
 
     assert status == 1, lines
     put = step(lines, "put")
@@ -105,11 +71,9 @@ def test_check_names_a_wrong_secret(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert lines[-1] == "the check failed"
 
 
-def test_check_names_an_unknown_access_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS
-) -> None:
-    config = write_config(tmp_path, seaweedfs, access_key="AKUNKNOWN" + secrets.token_hex(6).upper())
-    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+def test_check_names_an_unknown_access_key(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
+    config = write_config(tmp_path, seaweedfs, access_key_id="AKUNKNOWN" + secrets.token_hex(6).upper())
+    status, lines = run_check(config, seaweedfs.secret_key)
 
     assert status == 1, lines
     put = step(lines, "put")
@@ -118,10 +82,10 @@ def test_check_names_an_unknown_access_key(
     assert "the server does not know access_key_id" in put
 
 
-def test_check_names_a_missing_bucket(tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS) -> None:
+def test_check_names_a_missing_bucket(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     bucket = f"missing-{secrets.token_hex(4)}"
     config = write_config(tmp_path, seaweedfs, bucket_url=f"{seaweedfs.endpoint}/{bucket}")
-    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+    status, lines = run_check(config, seaweedfs.secret_key)
 
     assert status == 1, lines
     assert lines[-1] == "the check failed"
@@ -131,12 +95,10 @@ def test_check_names_a_missing_bucket(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "the bucket named in bucket_url does not exist" in put
 
 
-def test_check_names_a_server_that_is_down(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS
-) -> None:
+def test_check_names_a_server_that_is_down(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     (port,) = free_ports(1)
     config = write_config(tmp_path, seaweedfs, bucket_url=f"http://127.0.0.1:{port}/upload")
-    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+    status, lines = run_check(config, seaweedfs.secret_key)
 
     assert status == 1, lines
     put = step(lines, "put")
@@ -147,13 +109,11 @@ def test_check_names_a_server_that_is_down(
     assert lines[-1] == "the check failed"
 
 
-def test_check_names_a_bucket_without_anonymous_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], seaweedfs: SeaweedFS
-) -> None:
+def test_check_names_a_bucket_without_anonymous_read(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     bucket = "private-check"
     assert bucket not in seaweedfs.public_buckets
     config = write_config(tmp_path, seaweedfs, bucket_url=seaweedfs.create_bucket(bucket))
-    status, lines = run_check(capsys, config, seaweedfs.secret_key)
+    status, lines = run_check(config, seaweedfs.secret_key)
 
     assert status == 1, lines
     assert step(lines, "put").startswith("ok    put ")

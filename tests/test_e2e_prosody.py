@@ -15,38 +15,17 @@ from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0363.http_upload import FileTooBig
 
-from servers import Prosody, SeaweedFS, anonymous_request
+from helpers import UPLOAD_JID, serve_config, upload_and_fetch
+from servers import Prosody, SeaweedFS
 
-UPLOAD_JID = "upload.localhost"
 NS = "urn:xmpp:http:upload:0"
 MAX_FILE_SIZE = 64 * 1024
-
-
-def serve_config(prosody: Prosody, seaweedfs: SeaweedFS) -> dict[str, Any]:
-    return {
-        "component": {
-            "server": "127.0.0.1",
-            "port": prosody.component_port,
-            "secret": prosody.component_secret,
-            "domains": ["localhost"],
-        },
-        "http_upload": {
-            "max_file_size": MAX_FILE_SIZE,
-            "expiration_time": 300,
-            "s3": {
-                "bucket_url": seaweedfs.bucket_url,
-                "region": seaweedfs.region,
-                "access_key_id": seaweedfs.access_key,
-                "secret_access_key": seaweedfs.secret_key,
-            },
-        },
-    }
 
 
 @pytest.fixture(scope="module")
 def service(prosody: Prosody, seaweedfs: SeaweedFS, start_serve: Any) -> Any:
     """``serve`` for the shared Prosody; tests wait for it with ``wait_for_service``."""
-    return start_serve(serve_config(prosody, seaweedfs))
+    return start_serve(serve_config(prosody, seaweedfs, max_file_size=MAX_FILE_SIZE))
 
 
 async def alice(prosody: Prosody, xmpp_clients: Any) -> ClientXMPP:
@@ -54,17 +33,6 @@ async def alice(prosody: Prosody, xmpp_clients: Any) -> ClientXMPP:
     xmpp = await xmpp_clients.connect(prosody, "alice")
     await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID)
     return xmpp
-
-
-async def upload_and_fetch(xmpp: ClientXMPP, path: Path) -> str:
-    """Upload ``path`` like a user would (discovery through the server's disco#items), check
-    that the GET URL serves the same bytes without credentials, and return that URL."""
-    with path.open("rb") as file:  # given, else slixmpp opens the file and never closes it
-        url = await xmpp.plugin["xep_0363"].upload_file(path, input_file=file, domain="localhost", timeout=10)
-    assert xmpp.plugin["xep_0363"].upload_service == UPLOAD_JID
-    status, body = await asyncio.to_thread(anonymous_request, "GET", url)
-    assert (status, body) == (200, path.read_bytes())
-    return url
 
 
 def forms(info: Any) -> list[str]:
@@ -114,7 +82,7 @@ async def test_component_serves_again_after_prosody_restart(
     try:
         server.start()
         server.register("alice", "alice-password")
-        process = start_serve(serve_config(server, seaweedfs))
+        process = start_serve(serve_config(server, seaweedfs, max_file_size=MAX_FILE_SIZE))
         xmpp = await alice(server, xmpp_clients)
         path = tmp_path / "before.txt"
         path.write_bytes(b"before the restart\n")

@@ -16,11 +16,10 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from slixmpp import ClientXMPP
-from slixmpp.exceptions import IqError, IqTimeout
 
-from servers import Prosody, SeaweedFS, anonymous_request
+from helpers import UPLOAD_JID, ClientPool, serve_config, upload_and_fetch
+from servers import Prosody, SeaweedFS
 
-UPLOAD_JID = "upload.localhost"
 MAX_FILE_SIZE = 64 * 1024
 STREAM_NS = "http://etherx.jabber.org/streams"
 TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -30,26 +29,7 @@ SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
 @pytest.fixture(scope="module")
 def service(prosody_tls: Prosody, seaweedfs: SeaweedFS, start_serve: Any) -> Any:
     """``serve`` behind the TLS Prosody; tests wait for it through disco#info."""
-    return start_serve(
-        {
-            "component": {
-                "server": "127.0.0.1",
-                "port": prosody_tls.component_port,
-                "secret": prosody_tls.component_secret,
-                "domains": ["localhost"],
-            },
-            "http_upload": {
-                "max_file_size": MAX_FILE_SIZE,
-                "expiration_time": 300,
-                "s3": {
-                    "bucket_url": seaweedfs.bucket_url,
-                    "region": seaweedfs.region,
-                    "access_key_id": seaweedfs.access_key,
-                    "secret_access_key": seaweedfs.secret_key,
-                },
-            },
-        }
-    )
+    return start_serve(serve_config(prosody_tls, seaweedfs, max_file_size=MAX_FILE_SIZE))
 
 
 class Outcome:
@@ -78,42 +58,29 @@ class Outcome:
         return self.seen[name].done()
 
 
-class TlsClients:
+class TlsClients(ClientPool):
     """slixmpp clients that log in with STARTTLS only (no direct TLS, no plaintext)."""
-
-    def __init__(self) -> None:
-        self._clients: list[ClientXMPP] = []
 
     async def connect(
         self, server: Prosody, user: str = "alice", *, trust: bool = True, timeout: float = 10
     ) -> tuple[ClientXMPP, Outcome]:
-        xmpp = ClientXMPP(server.jid(user), server.users[user])
-        xmpp.enable_direct_tls = False  # Prosody's c2s port speaks STARTTLS
+        xmpp = self._new_client(server, user)
         xmpp.enable_starttls = True
         xmpp.enable_plaintext = False
         if trust:
             # slixmpp loads this into its own ssl_context (CERT_REQUIRED, check_hostname) at
             # STARTTLS time, on top of the system CAs; the name checked is the JID's domain.
             xmpp.ca_certs = Path(server.ca_path)
-        for plugin in ("xep_0030", "xep_0004", "xep_0128", "xep_0363"):
-            xmpp.register_plugin(plugin)
         outcome = Outcome(xmpp)
-        self._clients.append(xmpp)
         xmpp.connect("127.0.0.1", server.c2s_port)
         await asyncio.wait_for(asyncio.shield(outcome.first), timeout)
         return xmpp, outcome
 
-    async def close(self) -> None:
-        for xmpp in self._clients:
-            xmpp.cancel_connection_attempt()  # a failed client must not retry in the background
-            await asyncio.wait_for(xmpp.disconnect(wait=1), 5)
-
 
 @pytest.fixture
 async def tls_clients() -> AsyncIterator[TlsClients]:
-    clients = TlsClients()
-    yield clients
-    await clients.close()
+    async with TlsClients() as clients:
+        yield clients
 
 
 def assert_encrypted(xmpp: ClientXMPP, server: Prosody, outcome: Outcome) -> None:
@@ -129,35 +96,18 @@ def assert_encrypted(xmpp: ClientXMPP, server: Prosody, outcome: Outcome) -> Non
     assert outcome.seen["ssl_cert"].result() == ssl.DER_cert_to_PEM_cert(served)
 
 
-async def wait_for_service(xmpp: ClientXMPP, timeout: float = 15) -> None:
-    """Until ``serve`` has connected, Prosody answers for the component with an error."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            await xmpp.plugin["xep_0030"].get_info(UPLOAD_JID, timeout=2)
-            return
-        except (IqError, IqTimeout):
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
 async def test_starttls_login_then_upload(
     service: Any, prosody_tls: Prosody, tls_clients: TlsClients, tmp_path: Path
 ) -> None:
     xmpp, outcome = await tls_clients.connect(prosody_tls, "alice")
     assert outcome.first.result()[0] == "session_start"
     assert_encrypted(xmpp, prosody_tls, outcome)
-    await wait_for_service(xmpp)
+    await tls_clients.wait_for_service(xmpp, UPLOAD_JID)
 
     path = tmp_path / "over tls.bin"
     path.write_bytes(secrets.token_bytes(MAX_FILE_SIZE))
-    with path.open("rb") as file:  # given, else slixmpp opens the file and never closes it
-        url = await xmpp.plugin["xep_0363"].upload_file(path, input_file=file, domain="localhost", timeout=10)
-    assert xmpp.plugin["xep_0363"].upload_service == UPLOAD_JID
+    url = await upload_and_fetch(xmpp, path)
     assert url.endswith("/over%20tls.bin")
-    status, body = await asyncio.to_thread(anonymous_request, "GET", url)
-    assert (status, body) == (200, path.read_bytes())
     assert service.running
     assert xmpp.transport.get_extra_info("ssl_object") is not None  # still the same TLS stream
 

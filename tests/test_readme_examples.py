@@ -16,6 +16,7 @@ import pytest
 import slixmpp
 from slixmpp.exceptions import IqError
 
+from helpers import seaweedfs_s3
 from slixmpp_http_upload import cli
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
@@ -106,12 +107,7 @@ async def test_two_readme_bots_each_answer_with_their_own_limit(prosody, seaweed
     exec(compile(readme_block("make_upload_bot"), "README.rst", "exec"), namespace)
     make_upload_bot = namespace["make_upload_bot"]
     prosody.register("carol", "carol-password")
-    s3 = {
-        "bucket_url": seaweedfs.bucket_url,
-        "region": seaweedfs.region,
-        "access_key_id": seaweedfs.access_key,
-        "secret_access_key": seaweedfs.secret_key,
-    }
+    s3 = seaweedfs_s3(seaweedfs)
     limits = {"alice": 1000, "bob": 2000}
     bots = {
         user: await online(make_upload_bot(f"{prosody.jid(user)}/bot", prosody.users[user], s3, limit), prosody)

@@ -14,12 +14,8 @@ slot works, the encoding itself is proven against botocore in test_botocore_agre
 from __future__ import annotations
 
 import http.client
-import io
-import json
 import secrets
-import string
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -27,48 +23,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from helpers import DOMAIN, accepted_filenames, run_cli, write_s3_config
 from servers import SeaweedFS
-from slixmpp_http_upload import cli
 from slixmpp_http_upload.s3 import object_name
-from slixmpp_http_upload.slot import BadRequest, check_filename
-
-DOMAIN = "localhost"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def toml_string(value: str) -> str:
-    """A TOML basic string (JSON's escapes are a subset of TOML's)."""
-    return json.dumps(value)
-
-
-def write_config(
-    directory: Path,
-    seaweedfs: SeaweedFS,
-    *,
-    bucket_url: str | None = None,
-    add_acl: bool = False,
-    name: str = "config.toml",
-) -> str:
-    path = directory / name
-    path.write_text(
-        "\n".join(
-            [
-                "[component]",
-                f"domains = [{toml_string(DOMAIN)}]",
-                "",
-                "[http_upload.s3]",
-                f"bucket_url = {toml_string(bucket_url or seaweedfs.bucket_url)}",
-                f"region = {toml_string(seaweedfs.region)}",
-                f"access_key_id = {toml_string(seaweedfs.access_key)}",
-                f"secret_access_key = {toml_string(seaweedfs.secret_key)}",
-                f"add_acl = {'true' if add_acl else 'false'}",
-                "",
-            ]
-        )
-    )
-    return str(path)
 
 
 def field(output: str, label: str) -> str:
@@ -83,12 +43,10 @@ def slot_urls(config: str, filename: str, size: int, content_type: str, expirati
     positionals = [DOMAIN, filename, str(size), content_type, str(expiration)]
     # argparse would take a positional starting with "-" for an option: end the options first.
     separator = ["--"] if any(value.startswith("-") for value in positionals) else []
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        status = cli.main(["urls", "-c", config, *separator, *positionals])
-    assert status == 0, err.getvalue()
-    assert err.getvalue() == ""
-    return field(out.getvalue(), "PutURL:"), field(out.getvalue(), "GetURL:")
+    status, out, err = run_cli("urls", "-c", config, *separator, *positionals)
+    assert status == 0, err
+    assert err == ""
+    return field(out, "PutURL:"), field(out, "GetURL:")
 
 
 def request(
@@ -137,30 +95,17 @@ def assert_refused(status: int, body: bytes, code: str) -> None:
 
 @pytest.fixture
 def config(tmp_path: Path, seaweedfs: SeaweedFS) -> str:
-    return write_config(tmp_path, seaweedfs)
+    return write_s3_config(tmp_path, seaweedfs)
 
 
 # --------------------------------------------------------- the round trip
 
 
-def valid_filename(name: str) -> bool:
-    try:
-        check_filename(name)
-    except BadRequest:
-        return False
-    return True
-
-
-filename_parts = st.one_of(
-    st.sampled_from(list(" +%#?&=;'\"<>[]{}|^`!$*(),:@~-._")),
+filenames = accepted_filenames(
     st.sampled_from(["%20", "%2F", "%25", "+", "a+b", "..", "~user", "#frag", "?q=1&x=2"]),
-    st.sampled_from(list("éèßøÅñçжЯΩ日本語한국عربي")),
-    st.sampled_from(["😀", "🎉", "👍🏽", "🏳️\u200d🌈", "🇫🇷"]),
-    st.text(string.ascii_letters + string.digits, min_size=1, max_size=8),
     st.sampled_from(["/", "\\", "a/b", "c\\d"]),
-    st.characters(exclude_categories=["Cs", "Cc"]),
+    max_parts=12,
 )
-filenames = st.lists(filename_parts, min_size=1, max_size=12).map("".join).filter(valid_filename)
 content_types = st.one_of(
     st.just(""),
     st.sampled_from(
@@ -303,7 +248,7 @@ def test_refuses_another_method(config: str) -> None:
 
 
 def test_add_acl_needs_no_extra_header(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
-    config = write_config(tmp_path, seaweedfs, add_acl=True)
+    config = write_s3_config(tmp_path, seaweedfs, add_acl=True)
     body = secrets.token_bytes(200)
     put_url, get_url = slot_urls(config, "public ünïcode.bin", len(body), "application/octet-stream")
     parameters = query(put_url)

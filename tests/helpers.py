@@ -1,0 +1,180 @@
+"""Helpers shared by several test modules: configurations, running the CLI, file name
+strategies and XMPP clients.  Plain code, no fixtures (those are in ``conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import string
+from collections.abc import Mapping
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any, Self
+
+from hypothesis import strategies as st
+from slixmpp import ClientXMPP
+from slixmpp.exceptions import IqError, IqTimeout
+
+from servers import Prosody, SeaweedFS, anonymous_request
+from slixmpp_http_upload import cli
+from slixmpp_http_upload.slot import BadRequest, check_filename
+
+DOMAIN = "localhost"  # the test Prosody's host, and the domain the configurations serve
+UPLOAD_JID = "upload.localhost"  # the test Prosody's external component
+
+# --------------------------------------------------------------- configurations
+
+
+def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
+    """Write ``document`` (tables of strings, integers, booleans and lists of them) as TOML."""
+    lines: list[str] = []
+
+    def table(name: str, values: Mapping[str, Any]) -> None:
+        if name:
+            lines.append(f"[{name}]")
+        # JSON and TOML write these scalars and arrays alike.
+        lines.extend(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, Mapping))
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                table(f"{name}.{key}" if name else key, value)
+
+    table("", document)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def seaweedfs_s3(seaweedfs: SeaweedFS) -> dict[str, str]:
+    """The ``[http_upload.s3]`` table for ``seaweedfs``'s bucket and test credentials."""
+    return {
+        "bucket_url": seaweedfs.bucket_url,
+        "region": seaweedfs.region,
+        "access_key_id": seaweedfs.access_key,
+        "secret_access_key": seaweedfs.secret_key,
+    }
+
+
+def write_s3_config(
+    directory: Path, seaweedfs: SeaweedFS, *, http_upload: Mapping[str, Any] | None = None, **s3: Any
+) -> str:
+    """Write ``config.toml`` in ``directory`` for the CLI: domain ``localhost``, the options
+    ``http_upload`` and the S3 table of ``seaweedfs``, where ``s3`` overrides or adds options
+    (``bucket_url=...``, ``add_acl=True``); return its path."""
+    document = {
+        "component": {"domains": [DOMAIN]},
+        "http_upload": {**(http_upload or {}), "s3": {**seaweedfs_s3(seaweedfs), **s3}},
+    }
+    return str(write_toml(directory / "config.toml", document))
+
+
+def serve_config(prosody: Prosody, seaweedfs: SeaweedFS, *, max_file_size: int) -> dict[str, Any]:
+    """A ``serve`` configuration: the component of ``prosody``, slots on ``seaweedfs``."""
+    return {
+        "component": {
+            "server": "127.0.0.1",
+            "port": prosody.component_port,
+            "secret": prosody.component_secret,
+            "domains": [DOMAIN],
+        },
+        "http_upload": {
+            "max_file_size": max_file_size,
+            "expiration_time": 300,
+            "s3": seaweedfs_s3(seaweedfs),
+        },
+    }
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """``slixmpp-http-upload ARGS`` in this process: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        status = cli.main(list(args))
+    return status, out.getvalue(), err.getvalue()
+
+
+# --------------------------------------------------------------- file names
+
+
+def valid_filename(name: str) -> bool:
+    try:
+        check_filename(name)
+    except BadRequest:
+        return False
+    return True
+
+
+FILENAME_PUNCTUATION = " +%#?&=;'\"<>[]{}|^`!$*(),:@~-._"
+
+
+def accepted_filenames(
+    *extra_parts: st.SearchStrategy[str], punctuation: str = FILENAME_PUNCTUATION, max_parts: int
+) -> st.SearchStrategy[str]:
+    """File names that ``check_filename`` accepts, joined from 1 to ``max_parts`` parts: single
+    ``punctuation`` characters, accented and non-Latin letters, emoji (with a skin tone, a ZWJ
+    sequence, a flag), ASCII words, any character but surrogates and controls, or ``extra_parts``."""
+    parts = st.one_of(
+        st.sampled_from(list(punctuation)),
+        *extra_parts,
+        st.sampled_from(list("éèßøÅñçжЯΩ日本語한국عربي")),
+        st.sampled_from(["😀", "🎉", "👍🏽", "🏳️\u200d🌈", "🇫🇷"]),
+        st.text(string.ascii_letters + string.digits, min_size=1, max_size=8),
+        st.characters(exclude_categories=["Cs", "Cc"]),
+    )
+    return st.lists(parts, min_size=1, max_size=max_parts).map("".join).filter(valid_filename)
+
+
+# --------------------------------------------------------------- XMPP clients
+
+
+class ClientPool:
+    """The slixmpp clients of one test, with the XEP-0363 client plugin and the plugins it uses;
+    ``async with`` (or ``close()``) disconnects them all."""
+
+    PLUGINS = ("xep_0030", "xep_0004", "xep_0128", "xep_0363")
+
+    def __init__(self) -> None:
+        self._clients: list[ClientXMPP] = []
+
+    def _new_client(self, server: Prosody, user: str) -> ClientXMPP:
+        """A client for ``user`` of ``server`` (not connected yet) that ``close()`` will end."""
+        xmpp = ClientXMPP(server.jid(user), server.users[user])
+        xmpp.enable_direct_tls = False  # Prosody's c2s port speaks plaintext, or STARTTLS
+        for plugin in self.PLUGINS:
+            xmpp.register_plugin(plugin)
+        self._clients.append(xmpp)
+        return xmpp
+
+    @staticmethod
+    async def wait_for_service(xmpp: ClientXMPP, jid: str, timeout: float = 15) -> Any:
+        """Ask ``jid`` for disco#info until it answers (a component that is not connected yet
+        gets an error from the server); return the answer."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                return await xmpp.plugin["xep_0030"].get_info(jid, timeout=2)
+            except (IqError, IqTimeout):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        for xmpp in self._clients:
+            xmpp.cancel_connection_attempt()  # a failed client must not retry in the background
+            await asyncio.wait_for(xmpp.disconnect(wait=1), 5)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def upload_and_fetch(xmpp: ClientXMPP, path: Path) -> str:
+    """Upload ``path`` like a user would (discovery through the server's disco#items), check
+    that the GET URL serves the same bytes without credentials, and return that URL."""
+    with path.open("rb") as file:  # given, else slixmpp opens the file and never closes it
+        url = await xmpp.plugin["xep_0363"].upload_file(path, input_file=file, domain=DOMAIN, timeout=10)
+    assert xmpp.plugin["xep_0363"].upload_service == UPLOAD_JID
+    status, body = await asyncio.to_thread(anonymous_request, "GET", url)
+    assert (status, body) == (200, path.read_bytes())
+    return url
