@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 
 from .backends import create_backend
 from .config import Config, config_path, load_config
@@ -75,6 +76,7 @@ def command_serve(args: argparse.Namespace, config: Config) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="XEP-0363 HTTP File Upload service backed by S3.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version(PROG)}")
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument(
         "-c", "--config", metavar="PATH", help="TOML configuration file (default: $SLIXMPP_HTTP_UPLOAD_CONFIG)"

@@ -3,8 +3,8 @@
 Every component is a :class:`slixmpp.ComponentXMPP` with the ``http_upload_server`` plugin; all
 share one backend. slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and
 never reconnects a session that the server ended, so :class:`Link` runs the whole cycle itself:
-connect, wait for the stream to end, back off (1 s doubling to 30 s, back to 1 s after a session
-that got going), connect again. Plugins are registered once, so nothing is added twice on
+connect, wait for the stream to end (or give up on a handshake that does not come within 30 s),
+back off (1 s doubling to 30 s, back to 1 s after a session that got going), connect again. Plugins are registered once, so nothing is added twice on
 reconnection. A server that refuses the secret, or has no such component, stops ``serve`` with
 exit status 1: retrying cannot help.
 """
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
+HANDSHAKE_TIMEOUT = 30.0
+"""A server that takes the connection but never completes the handshake is left after this."""
 FATAL_STREAM_ERRORS = {
     "not-authorized": "the server refused the component secret",
     "host-unknown": "the server has no component of that name (see its configuration)",
@@ -143,10 +145,13 @@ def make_component(config: Config, domain: str, backend: Backend) -> ComponentXM
 class Link:
     """Keeps one component connected to its server."""
 
-    def __init__(self, xmpp: ComponentXMPP, server: str, port: int) -> None:
+    def __init__(
+        self, xmpp: ComponentXMPP, server: str, port: int, handshake_timeout: float = HANDSHAKE_TIMEOUT
+    ) -> None:
         self.xmpp = xmpp
         self.server = server
         self.port = port
+        self.handshake_timeout = handshake_timeout
         self.name = xmpp.boundjid.bare
         self._ended: asyncio.Future[str] | None = None
         self._started = False
@@ -174,7 +179,11 @@ class Link:
         self._started = False
         self._stream_error = ""
         self.xmpp.connect(self.server, self.port)
-        return await self._ended
+        timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._on_handshake_timeout)
+        try:
+            return await self._ended
+        finally:
+            timer.cancel()
 
     async def close(self) -> None:
         """Stop connecting and close the stream (abort after 1 s without the server's answer)."""
@@ -189,6 +198,13 @@ class Link:
             self._ended.set_exception(why)
         else:
             self._ended.set_result(why)
+
+    def _on_handshake_timeout(self) -> None:
+        if self._started:
+            return
+        self._end(f"no handshake from {self.server}:{self.port} within {self.handshake_timeout:g} s")
+        self.xmpp.cancel_connection_attempt()
+        self.xmpp.abort()
 
     def _on_session_start(self, _event: Any) -> None:
         self._started = True

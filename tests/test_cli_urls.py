@@ -117,3 +117,10 @@ def test_module_entry_point(config):
     [get_url] = awk_field(result.stdout, "GetURL:")
     assert put_url.startswith(get_url + "?") and get_url.endswith("/a%20b.txt")
     assert query(put_url)["X-Amz-Expires"] == "120"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("slixmpp-http-upload 0.")

@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError
 
 from servers import Prosody, free_ports
 from slixmpp_http_upload import cli
+from slixmpp_http_upload.serve import Link
 
 UPLOAD_JID = "upload.localhost"  # the shared Prosody's component
 MAX_FILE_SIZE = 1000
@@ -148,3 +150,34 @@ async def test_metrics_endpoint_counts_slots_and_refusals(
 
     process.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 5) == 0
+
+
+# --------------------------------------------------------------- a silent server
+
+
+async def test_a_server_that_never_completes_the_handshake_is_retried() -> None:
+    """A server that takes the TCP connection and then says nothing must not hold the component
+    for ever: the link drops that connection and connects again."""
+    opened, dropped = [], []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(writer)
+        await reader.read()  # take the stream header, answer nothing, until the client hangs up
+        dropped.append(writer)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = Link(ComponentXMPP(UPLOAD_JID, "secret", "127.0.0.1", port), "127.0.0.1", port, handshake_timeout=0.3)
+    task = asyncio.create_task(link.run())
+    try:
+        deadline = time.monotonic() + 10
+        while len(opened) < 2 and time.monotonic() < deadline:  # 0.3 s, then 1 s of back-off
+            await asyncio.sleep(0.05)
+        assert len(opened) >= 2, "no second connection"
+        assert dropped and dropped[0] is opened[0], "the silent connection was not dropped"
+    finally:
+        task.cancel()
+        await link.close()
+        server.close()
+        await server.wait_closed()
