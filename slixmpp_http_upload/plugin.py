@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
 from slixmpp import JID
@@ -51,7 +51,7 @@ class HttpUploadServer(BasePlugin):
     name = "http_upload_server"
     description = "XEP-0363: HTTP File Upload (service)"
     dependencies = {"xep_0030", "xep_0004", "xep_0128"}
-    default_config: dict[str, Any] = {}
+    default_config: ClassVar[dict[str, Any]] = {}
 
     settings: UploadSettings
     backend: Backend
@@ -67,7 +67,8 @@ class HttpUploadServer(BasePlugin):
         self.metrics = SlotMetrics(self.service_jid)
         dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
-        self.xmpp.register_handler(Callback(HANDLER_NAME, RequestMatcher(set(self.dialects)), self._on_request))
+        matcher = RequestMatcher(set(self.dialects))  # lets only IQs through
+        self.xmpp.register_handler(Callback(HANDLER_NAME, matcher, self._on_request))  # type: ignore[arg-type]
         self.advertised_jid: JID | None = None
         self._advertise()
         self.xmpp.add_event_handler("session_bind", self._advertise)

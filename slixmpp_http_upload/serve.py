@@ -81,7 +81,7 @@ async def _serve(config: Config) -> int:
         Link(make_component(config, domain, backend), component.server, component.port)
         for domain in component.domains
     ]
-    counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]
+    counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
     stop_metrics = _start_metrics(config.metrics, counters)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
