@@ -1,5 +1,6 @@
-"""The README's code runs: the bot example (two bots, one process, each with its own limit)
-and the custom backend example, installed through the entry-point group."""
+"""The README's code runs: its TOML is a valid configuration, its curl recipe uploads, the bot
+example (two bots, one process, each with its own limit) answers, and the custom backend example
+serves slots once installed through the entry-point group."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import asyncio
 import hashlib
 import hmac
 import importlib
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -16,21 +21,53 @@ import pytest
 import slixmpp
 from slixmpp.exceptions import IqError
 
-from helpers import seaweedfs_s3
+from helpers import DOMAIN, seaweedfs_s3, write_s3_config
 from slixmpp_http_upload import cli
+from slixmpp_http_upload.backends import create_backend
+from slixmpp_http_upload.config import parse_config
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
 
 
-def readme_python_blocks() -> list[str]:
-    """The README's ``.. code-block:: python`` sections, dedented."""
-    blocks = re.findall(r"\.\. code-block:: python\n\n((?:(?:   .*)?\n)+)", README.read_text())
+def readme_blocks(language: str) -> list[str]:
+    """The README's ``.. code-block:: <language>`` sections, dedented."""
+    blocks = re.findall(rf"\.\. code-block:: {language}\n\n((?:(?:   .*)?\n)+)", README.read_text())
     return [re.sub(r"^   ", "", block, flags=re.MULTILINE) for block in blocks]
 
 
 def readme_block(defines: str) -> str:
-    (block,) = [block for block in readme_python_blocks() if f"def {defines}(" in block]
+    (block,) = [block for block in readme_blocks("python") if f"def {defines}(" in block]
     return block
+
+
+# --- the configuration and the curl recipe --------------------------------------------------
+
+
+def test_readme_configuration_is_valid() -> None:
+    (block,) = readme_blocks("toml")
+    config = parse_config(tomllib.loads(block))
+    assert config.component.domains == ("example.com",)
+    assert config.http_upload.service_jid("example.com") == "upload.example.com"
+    assert create_backend(config.http_upload).bucket.host == "mybucket.s3.eu-west-1.amazonaws.com"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the recipe needs curl")
+def test_readme_curl_recipe_uploads(seaweedfs, tmp_path: Path) -> None:
+    (recipe,) = [block for block in readme_blocks("sh") if "awk '/PutURL:/" in block]
+    config = write_s3_config(tmp_path, seaweedfs)
+    script = recipe.replace("upload.toml", config).replace("example.com", DOMAIN)
+    script += 'test "$(curl -s "$get_url")" = qwerty\n'  # and the download is what was uploaded
+    bin_dir = str(Path(sys.executable).parent)  # where slixmpp-http-upload is installed
+    result = subprocess.run(
+        ["sh", "-e", "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HTTP/1.1 200" in result.stdout
 
 
 # --- the custom backend ---------------------------------------------------------------------
