@@ -71,7 +71,7 @@ def command_serve(args: argparse.Namespace, config: Config) -> int:
     """Run the upload component(s) until SIGINT or SIGTERM."""
     from .serve import serve
 
-    return serve(config)
+    return serve(config, verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=command_check)
 
     serve = commands.add_parser("serve", parents=[config_option], help="run the upload component(s)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log each slot and each refusal")
     serve.set_defaults(run=command_serve)
     return parser
 

@@ -195,6 +195,7 @@ class HttpUploadServer(BasePlugin):
             log.exception("Could not make a slot for %s (%s)", iq["from"], type(self.backend).__name__)
             return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
         self.metrics.slot_created(time.perf_counter() - started)
+        log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
 
     def _refuse(
         self,
@@ -207,6 +208,7 @@ class HttpUploadServer(BasePlugin):
     ) -> None:
         """Answer with an IQ error and count the refusal under ``reason``."""
         self.metrics.refused(reason)
+        log.debug("Refused (%s) a slot request from %s: %s", reason, iq["from"], text)
         reply = iq.reply(clear=True)
         reply["type"] = "error"
         reply["error"]["type"] = error_type

@@ -42,16 +42,17 @@ class ComponentRefused(Exception):
     """The server turned a component away for good; ``str()`` says which and why."""
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, verbose: bool = False) -> int:
     """Run the components of ``config`` until SIGINT or SIGTERM (exit status 0), or until the
-    server refuses one of them (1). Raises :class:`ConfigError` before connecting anything."""
+    server refuses one of them (1). Raises :class:`ConfigError` before connecting anything.
+    ``verbose`` logs each slot and each refusal too."""
     if config.component.secret is None:
         raise ConfigError("component.secret", "is required to serve")
     if not config.component.domains:
         raise ConfigError("component.domains", "must list at least one domain to serve")
     if config.metrics.port is not None:
         _require_prometheus()
-    _configure_logging()
+    _configure_logging(logging.DEBUG if verbose else logging.INFO)
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:  # SIGINT before the loop's own handler was in place
@@ -67,11 +68,12 @@ def _require_prometheus() -> None:
         ) from None
 
 
-def _configure_logging() -> None:
-    """Our INFO lines and everyone's warnings on stderr, unless the caller set logging up."""
+def _configure_logging(level: int) -> None:
+    """Our lines from ``level`` on and everyone's warnings on stderr, unless the caller set
+    logging up."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger(__package__).setLevel(logging.INFO)
+        logging.getLogger(__package__).setLevel(level)
 
 
 async def _serve(config: Config) -> int:

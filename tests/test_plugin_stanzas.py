@@ -1020,6 +1020,20 @@ class TestS3Backend(UploadTest):
         self.recv(request_xml("2", sender=REMOTE))
         self.expect(error_xml("2", "auth", "forbidden", NOT_YOURS, to=REMOTE))
 
+    def test_debug_log_names_slots_and_refusals_but_no_credential(self) -> None:
+        self.start(backend_instance=None, s3=S3_CONFIG, max_file_size=10)
+        with self.assertLogs("slixmpp_http_upload.plugin", logging.DEBUG) as logs:
+            self.recv(request_xml("1", "a.txt", "5"))
+            put_url = self.next_sent().find(f"{{{NS}}}slot/{{{NS}}}put").get("url")
+            self.recv(request_xml("2", "a.txt", "11"))
+            self.next_sent()
+        slot_line, refusal_line = logs.output
+        self.assertIn(f"Slot for {ALICE}: 'a.txt', 5 bytes: {put_url.split('?')[0]}", slot_line)
+        self.assertIn(f"Refused (file-too-large) a slot request from {ALICE}", refusal_line)
+        text = "\n".join(logs.output)
+        for secret in ("X-Amz-Signature", "X-Amz-Credential", S3_CONFIG["secret_access_key"]):
+            self.assertNotIn(secret, text)
+
 
 # -------------------------------------------------------------------------- registration
 
