@@ -32,10 +32,10 @@ MAX_DELAY = 30.0
 HANDSHAKE_TIMEOUT = 30.0
 """A server that takes the connection but never completes the handshake is left after this."""
 FATAL_STREAM_ERRORS = {
-    "not-authorized": "the server refused the component secret",
+    "not-authorized": "the server refused the component secret (ejabberd also says so for an unknown name)",
     "host-unknown": "the server has no component of that name (see its configuration)",
 }
-"""Stream errors at the handshake that retrying cannot fix (what Prosody 0.12 sends)."""
+"""Stream errors at the handshake that retrying cannot fix (what Prosody 0.12 and ejabberd 23.01 send)."""
 
 
 class ComponentRefused(Exception):

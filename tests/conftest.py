@@ -159,3 +159,22 @@ def prosody_tls() -> Iterator[Prosody]:
     requires STARTTLS with a certificate for ``localhost`` from a throw-away CA: clients must
     trust ``ca_path``.  The component port stays plaintext (XEP-0114)."""
     yield from _running_prosody(tls=True)
+
+
+# ------------------------------------------------------------------ ejabberd
+
+from servers import Ejabberd, find_ejabberd  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ejabberd() -> Iterator[Ejabberd]:
+    """A running ejabberd (its own instance per module) for ``localhost`` with external
+    component ``upload.localhost`` on an ``ejabberd_service`` listener (``component_jid``,
+    ``component_secret``, ``component_port``) and users alice/bob (``users``, ``jid(name)``);
+    ``c2s_port`` is plaintext.  The same interface as ``prosody``."""
+    if find_ejabberd() is None:
+        _missing("ejabberd ('erl' and ejabberd's Erlang application)", "apt-get install ejabberd")
+    with Ejabberd({UPLOAD_JID: secrets.token_hex(16)}) as server:
+        for user, password in USERS.items():
+            server.register(user, password)
+        yield server

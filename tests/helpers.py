@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
-from servers import Prosody, SeaweedFS, anonymous_request
+from servers import Ejabberd, Prosody, SeaweedFS, anonymous_request
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.slot import BadRequest, check_filename
 
-DOMAIN = "localhost"  # the test Prosody's host, and the domain the configurations serve
-UPLOAD_JID = "upload.localhost"  # the test Prosody's external component
+DOMAIN = "localhost"  # the test servers' host, and the domain the configurations serve
+UPLOAD_JID = "upload.localhost"  # the test servers' external component
+XmppServer = Prosody | Ejabberd
 
 # --------------------------------------------------------------- configurations
 
@@ -67,7 +68,7 @@ def write_s3_config(
     return str(write_toml(directory / "config.toml", document))
 
 
-def serve_config(prosody: Prosody, seaweedfs: SeaweedFS, *, max_file_size: int) -> dict[str, Any]:
+def serve_config(prosody: XmppServer, seaweedfs: SeaweedFS, *, max_file_size: int) -> dict[str, Any]:
     """A ``serve`` configuration: the component of ``prosody``, slots on ``seaweedfs``."""
     return {
         "component": {
@@ -135,7 +136,7 @@ class ClientPool:
     def __init__(self) -> None:
         self._clients: list[ClientXMPP] = []
 
-    def _new_client(self, server: Prosody, user: str) -> ClientXMPP:
+    def _new_client(self, server: XmppServer, user: str) -> ClientXMPP:
         """A client for ``user`` of ``server`` (not connected yet) that ``close()`` will end."""
         xmpp = ClientXMPP(server.jid(user), server.users[user])
         xmpp.enable_direct_tls = False  # Prosody's c2s port speaks plaintext, or STARTTLS

@@ -1,6 +1,6 @@
-"""Real servers for the integration tests: SeaweedFS (S3) and Prosody (XMPP).
+"""Real servers for the integration tests: SeaweedFS (S3), Prosody and ejabberd (XMPP).
 
-Both classes are plain Python (no pytest inside) so they can also be used from
+The classes are plain Python (no pytest inside) so they can also be used from
 benchmarks or an interactive shell::
 
     with SeaweedFS() as s3, Prosody({"upload.localhost": "secret"}) as xmpp:
@@ -35,9 +35,11 @@ from typing import Any
 __all__ = [
     "SeaweedFS",
     "Prosody",
+    "Ejabberd",
     "ServerError",
     "find_weed",
     "find_prosody",
+    "find_ejabberd",
     "free_ports",
     "TestCertificates",
     "make_test_certificates",
@@ -192,13 +194,23 @@ class _Server:
     def log_tail(self, lines: int = 40) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _spawn(self, cmd: list[str], *, cwd: Path, output: Path, append: bool = False) -> None:
+    def _spawn(
+        self,
+        cmd: list[str],
+        *,
+        cwd: Path,
+        output: Path,
+        append: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         """Start ``cmd`` as the server process, in its own process group (so that
-        ``_stop_process_group`` ends every child), stdout and stderr to ``output``."""
+        ``_stop_process_group`` ends every child), stdout and stderr to ``output``;
+        ``env`` replaces the environment when given."""
         with open(output, "ab" if append else "wb") as out:
             self._proc = subprocess.Popen(
                 cmd,
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -619,14 +631,91 @@ def make_test_certificates(
 # Prosody
 
 
-def _lua_str(value: str | os.PathLike[str]) -> str:
+def _quoted(value: str | os.PathLike[str]) -> str:
+    """A double-quoted string literal with ``\\`` escapes: as Lua (Prosody's config) and
+    Erlang (``-mnesia dir``) read it."""
     text = os.fspath(value)
     if any(ord(c) < 0x20 or c == "\x7f" for c in text):
-        raise ValueError(f"control character in Prosody config value {text!r}")
+        raise ValueError(f"control character in a configuration string {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Prosody(_Server):
+class _XmppServer(_Server):
+    """What the Prosody and ejabberd runners share: components, readiness by open ports,
+    stop, restart on the same ports and data."""
+
+    name = "xmpp server"
+
+    def __init__(
+        self,
+        components: Mapping[str, str] | None,
+        domain: str,
+        log_level: str,
+        startup_timeout: float,
+        stop_timeout: float,
+    ) -> None:
+        super().__init__()
+        self.components: dict[str, str] = dict(components or {})
+        self.domain = domain
+        self.log_level = log_level
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.users: dict[str, str] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{self.name}-")
+        self.tmpdir = Path(self._tmp.name)
+        self._console_path = self.tmpdir / "console.log"
+
+    @property
+    def component_jid(self) -> str:
+        """The first (usually only) external component's JID."""
+        if not self.components:
+            raise AttributeError("no external component configured")
+        return next(iter(self.components))
+
+    @property
+    def component_secret(self) -> str:
+        """The secret (password) of ``component_jid``."""
+        return self.components[self.component_jid]
+
+    def jid(self, user: str) -> str:
+        return f"{user}@{self.domain}"
+
+    def _ports_to_wait(self) -> list[int]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        pending = self._ports_to_wait()
+        while pending:
+            self._check_not_exited(self.name)
+            pending = [p for p in pending if not _port_open(p)]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{self.name} not listening on {pending} after {self.startup_timeout:g} s\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _stop_process(self) -> None:
+        if self._proc is not None:
+            _stop_process_group(self._proc, self.stop_timeout)
+            self._proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports with the same data (accounts)."""
+        self._stop_process()
+        self.start()
+
+    def stop(self) -> None:
+        """Stop the server and remove its temp dir; the object cannot be started again."""
+        self._stop_process()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class Prosody(_XmppServer):
     """A private Prosody instance (``prosody -F``) on loopback, host ``localhost``.
 
     ``components`` maps external component JIDs to their secrets.  With
@@ -648,6 +737,8 @@ class Prosody(_Server):
     the data directory (accounts) survives restarts too.
     """
 
+    name = "prosody"
+
     share_jid = "share.localhost"
 
     def __init__(
@@ -662,27 +753,18 @@ class Prosody(_Server):
         startup_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        super().__init__()
+        super().__init__(components, domain, log_level, startup_timeout, stop_timeout)
         self.tls = tls
         self.ca_path: Path | None = None
         self.cert_path: Path | None = None
         self.key_path: Path | None = None
         found = find_prosody()
         self.prosody, self.prosodyctl = found if found else ("", "")
-        self.components: dict[str, str] = dict(components or {})
         self.http_file_share = http_file_share
-        self.domain = domain
-        self.log_level = log_level
         self.extra_config = extra_config
-        self.startup_timeout = startup_timeout
-        self.stop_timeout = stop_timeout
-        self.users: dict[str, str] = {}
         self.c2s_port, self.component_port, self.http_port = free_ports(3)
-        self._tmp = tempfile.TemporaryDirectory(prefix="prosody-")
-        self.tmpdir = Path(self._tmp.name)
         self.config_path = self.tmpdir / "prosody.cfg.lua"
         self.log_path = self.tmpdir / "prosody.log"
-        self._console_path = self.tmpdir / "console.log"
         for sub in ("data", "certs"):
             (self.tmpdir / sub).mkdir(mode=0o750)
         if tls:
@@ -690,24 +772,9 @@ class Prosody(_Server):
             self.ca_path, self.cert_path, self.key_path = made.ca_path, made.cert_path, made.key_path
         self.config_path.write_text(self._config())
 
-    @property
-    def component_jid(self) -> str:
-        """The first (usually only) external component's JID."""
-        if not self.components:
-            raise AttributeError("no external component configured")
-        return next(iter(self.components))
-
-    @property
-    def component_secret(self) -> str:
-        """The secret of ``component_jid``."""
-        return self.components[self.component_jid]
-
-    def jid(self, user: str) -> str:
-        return f"{user}@{self.domain}"
-
     def _ssl_setting(self) -> str:
         assert self.cert_path is not None and self.key_path is not None
-        return f"ssl = {{ certificate = {_lua_str(self.cert_path)}; key = {_lua_str(self.key_path)}; }}"
+        return f"ssl = {{ certificate = {_quoted(self.cert_path)}; key = {_quoted(self.key_path)}; }}"
 
     def _config(self) -> str:
         t = self.tmpdir
@@ -715,17 +782,17 @@ class Prosody(_Server):
             "-- generated by tests/servers.py",
             "run_as_root = true",
             # prosodyctl switches to this user when run as root: stay root, we own the files.
-            f"prosody_user = {_lua_str(_current_user())}",
-            f"data_path = {_lua_str(t / 'data')}",
-            f"pidfile = {_lua_str(t / 'prosody.pid')}",
-            f"certificates = {_lua_str(t / 'certs')}",
-            f"log = {{ {{ levels = {{ min = {_lua_str(self.log_level)} }}; "
-            f"to = \"file\"; filename = {_lua_str(self.log_path)} }} }}",
-            f"interfaces = {{ {_lua_str(LOOPBACK)} }}",
-            f"local_interfaces = {{ {_lua_str(LOOPBACK)} }}",
-            f"c2s_interfaces = {{ {_lua_str(LOOPBACK)} }}",
-            f"component_interfaces = {{ {_lua_str(LOOPBACK)} }}",
-            f"http_interfaces = {{ {_lua_str(LOOPBACK)} }}",
+            f"prosody_user = {_quoted(_current_user())}",
+            f"data_path = {_quoted(t / 'data')}",
+            f"pidfile = {_quoted(t / 'prosody.pid')}",
+            f"certificates = {_quoted(t / 'certs')}",
+            f"log = {{ {{ levels = {{ min = {_quoted(self.log_level)} }}; "
+            f"to = \"file\"; filename = {_quoted(self.log_path)} }} }}",
+            f"interfaces = {{ {_quoted(LOOPBACK)} }}",
+            f"local_interfaces = {{ {_quoted(LOOPBACK)} }}",
+            f"c2s_interfaces = {{ {_quoted(LOOPBACK)} }}",
+            f"component_interfaces = {{ {_quoted(LOOPBACK)} }}",
+            f"http_interfaces = {{ {_quoted(LOOPBACK)} }}",
             "https_interfaces = { }",
             f"c2s_ports = {{ {self.c2s_port} }}",
             f"component_ports = {{ {self.component_port} }}",
@@ -755,18 +822,18 @@ class Prosody(_Server):
         lines += [
             self.extra_config,
             "",
-            f"VirtualHost {_lua_str(self.domain)}",
+            f"VirtualHost {_quoted(self.domain)}",
         ]
         if self.tls:
             lines.append(f"    {self._ssl_setting()}")
         lines += [""]
         for jid, secret in self.components.items():
-            lines += [f"Component {_lua_str(jid)}", f"    component_secret = {_lua_str(secret)}", ""]
+            lines += [f"Component {_quoted(jid)}", f"    component_secret = {_quoted(secret)}", ""]
         if self.http_file_share:
             lines += [
-                f'Component {_lua_str(self.share_jid)} "http_file_share"',
-                f"    http_host = {_lua_str(LOOPBACK)}",
-                f"    http_external_url = {_lua_str(f'http://{LOOPBACK}:{self.http_port}/')}",
+                f'Component {_quoted(self.share_jid)} "http_file_share"',
+                f"    http_host = {_quoted(LOOPBACK)}",
+                f"    http_external_url = {_quoted(f'http://{LOOPBACK}:{self.http_port}/')}",
                 "",
             ]
         return "\n".join(lines)
@@ -802,37 +869,6 @@ class Prosody(_Server):
             ports.append(self.http_port)
         return ports
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        pending = self._ports_to_wait()
-        while pending:
-            self._check_not_exited("prosody")
-            pending = [p for p in pending if not _port_open(p)]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"prosody not listening on {pending} after {self.startup_timeout:g} s\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
-
-    def _stop_process(self) -> None:
-        if self._proc is not None:
-            _stop_process_group(self._proc, self.stop_timeout)
-            self._proc = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same ports with the same data (accounts)."""
-        self._stop_process()
-        self.start()
-
-    def stop(self) -> None:
-        """Stop Prosody and remove its temp dir; the object cannot be started again."""
-        self._stop_process()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def log_tail(self, lines: int = 40) -> str:
         return _tail([self._console_path, self.log_path], lines)
 
@@ -860,3 +896,230 @@ def _current_user() -> str:
     import pwd
 
     return pwd.getpwuid(os.getuid()).pw_name
+
+
+# --------------------------------------------------------------------------
+# ejabberd
+
+# Where Debian (and most builds) install ejabberd's own Erlang application; its
+# dependencies (p1_xmpp, fast_xml...) are in Erlang's lib dir, found by default.
+_EJABBERD_APP_GLOBS = (
+    "/usr/lib/*/ejabberd-*/ebin/ejabberd.app",
+    "/usr/lib/erlang/lib/ejabberd-*/ebin/ejabberd.app",
+    "/usr/local/lib/erlang/lib/ejabberd-*/ebin/ejabberd.app",
+    "/opt/ejabberd*/lib/ejabberd-*/ebin/ejabberd.app",
+)
+
+
+def find_ejabberd() -> tuple[str, str] | None:
+    """``(erl, lib_dir)``: the Erlang runtime and the directory holding ``ejabberd-VSN/``
+    (what ``ERL_LIBS`` must name), or None if either is missing."""
+    import glob
+
+    erl = _find_binary("erl", extra_dirs=["/usr/bin"])
+    if erl is None:
+        return None
+    for pattern in _EJABBERD_APP_GLOBS:
+        for app in sorted(glob.glob(pattern), reverse=True):
+            return erl, str(Path(app).parents[2])
+    return None
+
+
+class Ejabberd(_XmppServer):
+    """A private ejabberd instance on loopback, host ``localhost``, run by ``erl`` directly.
+
+    ``ejabberdctl`` is not used to start it: as root it always switches to the
+    ``ejabberd`` system user (which cannot read a private temp dir), and as anyone
+    else it refuses to run.  Instead this runs what ``ejabberdctl foreground``
+    runs (``erl -sname NODE -mnesia dir SPOOL -s ejabberd -noinput``) as the
+    current user, with ``HOME`` (hence the Erlang cookie), the config, the Mnesia
+    spool and the logs all in the private temp dir.
+
+    No EPMD: the node's distribution listens on a fixed port of its own
+    (``-erl_epmd_port DIST -start_epmd false``, bound to 127.0.0.1), and the
+    short-lived control nodes of ``register()`` (the ``ejabberd_ctl`` module, as
+    ``ejabberdctl`` uses it) dial that port without listening themselves.  So
+    nothing is left behind, and a system ejabberd or epmd does not matter.
+
+    ``components`` maps external component JIDs to their passwords: one
+    ``ejabberd_service`` listener on ``component_port`` serves them all (the
+    README's snippet).  c2s is plaintext only (no certificate, no STARTTLS);
+    ejabberd then offers PLAIN and SCRAM without TLS.  No s2s, no HTTP.
+
+    Attributes: ``domain``, ``c2s_port``, ``component_port``, ``dist_port``,
+    ``node``, ``components``, ``users`` (filled by ``register``), ``config_path``,
+    ``log_path``, ``tmpdir``.  Ports, node name and spool (accounts) are kept
+    across ``restart()``.
+    """
+
+    name = "ejabberd"
+
+    def __init__(
+        self,
+        components: Mapping[str, str] | None = None,
+        *,
+        domain: str = "localhost",
+        log_level: str = "info",
+        startup_timeout: float = 60.0,
+        stop_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(components, domain, log_level, startup_timeout, stop_timeout)
+        found = find_ejabberd()
+        self.erl, self.lib_dir = found if found else ("", "")
+        self.c2s_port, self.component_port, self.dist_port = free_ports(3)
+        self.node = f"ejabberd-{secrets.token_hex(4)}@localhost"
+        self.config_path = self.tmpdir / "ejabberd.yml"
+        self.log_path = self.tmpdir / "logs" / "ejabberd.log"
+        for sub in ("spool", "logs"):
+            (self.tmpdir / sub).mkdir(mode=0o700)
+        # Both the server and the control nodes read it from $HOME; erl insists on 0400.
+        cookie = self.tmpdir / ".erlang.cookie"
+        fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(20))
+        self.config_path.write_text(self._config())
+
+    def _config(self) -> str:
+        q = json.dumps  # a JSON string is a YAML double-quoted scalar
+        lines = [
+            "# generated by tests/servers.py",
+            f"hosts: [{q(self.domain)}]",
+            f"loglevel: {self.log_level}",
+            "log_rotate_count: 0",
+            "auth_method: internal",
+            "s2s_access: none",
+            "listen:",
+            "  -",
+            f"    port: {self.c2s_port}",
+            f"    ip: {q(LOOPBACK)}",
+            "    module: ejabberd_c2s",
+            "    starttls_required: false",
+        ]
+        if self.components:  # the shape of the README's snippet
+            lines += [
+                "  -",
+                f"    port: {self.component_port}",
+                f"    ip: {q(LOOPBACK)}",
+                "    module: ejabberd_service",
+                "    hosts:",
+            ]
+            for jid, password in self.components.items():
+                lines += [f"      {q(jid)}:", f"        password: {q(password)}"]
+        lines += [
+            "modules:",
+            "  mod_disco: {}",
+            "  mod_ping: {}",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def _env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("ERL_", "EJABBERD_", "CONTRIB_MODULES_")) and k not in ("HOME", "NOTIFY_SOCKET")
+        }
+        logs = self.tmpdir / "logs"
+        env.update(
+            HOME=str(self.tmpdir),  # .erlang.cookie; no user's ~/.erlang is read
+            ERL_LIBS=self.lib_dir,
+            ERL_EPMD_ADDRESS=LOOPBACK,  # should anything start an epmd after all
+            ERL_CRASH_DUMP=str(logs / "erl_crash.dump"),
+            ERL_CRASH_DUMP_BYTES="0",
+            EJABBERD_CONFIG_PATH=str(self.config_path),
+            EJABBERD_LOG_PATH=str(self.log_path),
+            EJABBERD_PID_PATH=str(self.tmpdir / "ejabberd.pid"),
+        )
+        return env
+
+    def _erl(self, node: str, *args: str) -> list[str]:
+        """An ``erl`` command line for ``node`` using ``dist_port`` and no EPMD."""
+        return [
+            self.erl,
+            "-sname",
+            node,
+            "-erl_epmd_port",
+            str(self.dist_port),
+            "-start_epmd",
+            "false",
+            *args,
+        ]
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Start ejabberd and wait until its c2s (and component) ports accept TCP."""
+        if self.running:
+            return
+        if not self.erl:
+            raise FileNotFoundError("erl or ejabberd's Erlang application was not found (apt-get install ejabberd)")
+        if self._tmp is None:
+            raise ServerError("this ejabberd was stopped for good (temp dir removed)")
+        for port in (*self._ports_to_wait(), self.dist_port):
+            if _port_open(port):
+                raise ServerError(f"port {LOOPBACK}:{port} is already in use before ejabberd started")
+        cmd = self._erl(
+            self.node,
+            "-kernel",
+            "inet_dist_use_interface",
+            "{127,0,0,1}",
+            "-mnesia",
+            "dir",
+            _quoted(self.tmpdir / "spool"),
+            "-s",
+            "ejabberd",
+            "-noinput",
+        )
+        self._spawn(cmd, cwd=self.tmpdir, output=self._console_path, append=True, env=self._env())
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._stop_process()
+            raise
+
+    def _ports_to_wait(self) -> list[int]:
+        return [self.c2s_port, self.component_port] if self.components else [self.c2s_port]
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail([self._console_path, self.tmpdir / "logs" / "error.log"], lines)
+
+    # -- accounts ----------------------------------------------------------
+
+    def ctl(self, *args: str, timeout: float = 30) -> tuple[int, str]:
+        """Run an ``ejabberdctl`` command (``ctl("registered_users", "localhost")``) against the
+        running node; return its exit status and output."""
+        if not self.running:
+            raise ServerError("ejabberd is not running")
+        cmd = self._erl(
+            f"ctl-{secrets.token_hex(4)}@localhost",
+            "-dist_listen",
+            "false",  # a client only (implies -hidden): no port of its own
+            "-noinput",
+            "-s",
+            "ejabberd_ctl",
+            "-extra",
+            self.node,
+            *args,
+        )
+        result = subprocess.run(
+            cmd,
+            cwd=self.tmpdir,
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+
+    def register(self, user: str, password: str) -> str:
+        """Create (or reset the password of) account ``user@domain``; ejabberd must be running."""
+        status, output = self.ctl("register", user, self.domain, password)
+        if status != 0 and "already registered" in output:  # change_password needs mod_admin_extra
+            status, output = self.ctl("unregister", user, self.domain)
+            if status == 0:
+                status, output = self.ctl("register", user, self.domain, password)
+        if status != 0:
+            raise ServerError(f"ejabberdctl register {user} failed ({status}):\n{output}")
+        self.users[user] = password
+        return self.jid(user)

@@ -91,16 +91,6 @@ def test_metrics_port_in_use_is_a_configuration_error(tmp_path: Path, capsys: py
 # ------------------------------------------------------------------- processes
 
 
-def test_wrong_secret_exits_1_with_a_clear_message(prosody: Prosody, start_serve: Any) -> None:
-    wrong = "wrong-" + prosody.component_secret
-    process = start_serve(serve_config(prosody, secret=wrong))
-    assert process.wait(timeout=10) == 1
-    assert f"component {UPLOAD_JID}: the server refused the component secret" in process.stderr
-    output = process.stdout + process.stderr
-    assert wrong not in output
-    assert prosody.component_secret not in output
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_stops_serve_cleanly(
     signum: signal.Signals, prosody: Prosody, start_serve: Any, xmpp_clients: Any
