@@ -2,7 +2,8 @@
 
 Create a slot for a small probe file, PUT it with exactly the headers a standard XEP-0363
 client sends, GET it back anonymously and compare, then DELETE it with the configured key.
-Each step prints one line; a failure names the S3 error code and a hint.
+Each step prints one line; a failure names the S3 error code and a hint. URLs that are not
+https get a warning (clients such as Gajim refuse them), which does not fail the check.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def run_check(backend: S3Backend, domain: str, out: TextIO) -> bool:
     request = SlotRequest(filename=filename, size=len(PROBE), content_type="text/plain", domain=domain)
     slot = backend.make_slot(request)
     out.write(f"ok    slot    {slot.get_url} (PUT URL signed for {backend.expiration_time} s)\n")
+    if not slot.get_url.startswith("https://"):
+        out.write("warn  https   the URLs are not https: Gajim and other clients refuse such slots\n")
 
     def put() -> str:
         headers = {"Content-Type": "text/plain", "Content-Length": str(len(PROBE))}

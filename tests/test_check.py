@@ -3,12 +3,19 @@ configuration, leaves nothing behind, and names the cause on a bad one, never pr
 
 from __future__ import annotations
 
+import io
 import re
 import secrets
 from pathlib import Path
 
+import pytest
+
 from helpers import run_cli, write_s3_config
 from servers import SeaweedFS, free_ports
+from slixmpp_http_upload import check
+from slixmpp_http_upload.check import HttpAnswer
+from slixmpp_http_upload.s3 import S3Backend, parse_bucket_url
+from slixmpp_http_upload.sigv4 import Credentials
 
 PROBE_PREFIX = "slixmpp-http-upload-check"
 
@@ -51,6 +58,8 @@ def test_check_passes_and_cleans_up(tmp_path: Path, seaweedfs: SeaweedFS) -> Non
     assert step(lines, "delete").startswith("ok    delete ")
     assert lines[-1] == "all checks passed"
     assert not any(line.startswith(("FAIL", "skip")) for line in lines)
+    # SeaweedFS here speaks plain http: said, but not a failure.
+    assert "warn  https   the URLs are not https: Gajim and other clients refuse such slots" in lines
     # Only the GET URL is shown: no query string, so no credential or signature.
     assert "X-Amz-" not in "\n".join(lines)
     assert not [key for key in keys(seaweedfs, seaweedfs.bucket) if PROBE_PREFIX in key]
@@ -125,3 +134,14 @@ def test_check_names_a_bucket_without_anonymous_read(tmp_path: Path, seaweedfs: 
     assert step(lines, "delete").startswith("ok    delete ")
     assert lines[-1] == "the check failed"
     assert not [key for key in keys(seaweedfs, bucket) if PROBE_PREFIX in key]
+
+
+def test_https_urls_get_no_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (no https S3 server here: the HTTP exchanges are answered as a working bucket would)
+    answers = {"PUT": HttpAnswer(200, b""), "GET": HttpAnswer(200, check.PROBE), "DELETE": HttpAnswer(204, b"")}
+    monkeypatch.setattr(check, "http", lambda method, url, *args, **kwargs: answers[method])
+    backend = S3Backend(parse_bucket_url("https://bucket.s3.example.com"), "us-east-1", Credentials("AK", "SK"))
+    out = io.StringIO()
+    assert check.run_check(backend, "example.com", out)
+    assert "warn" not in out.getvalue()
+    assert out.getvalue().endswith("all checks passed\n")
