@@ -192,7 +192,7 @@ class HttpUploadServer(BasePlugin):
             reply.append(dialect.slot_element(slot))
             reply.send()
         except Exception:
-            log.exception("Could not make a slot for %s (%s)", iq["from"], type(self.backend).__name__)
+            log.exception("Could not make a slot for %s (%s)", request.requester, type(self.backend).__name__)
             return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
         self.metrics.slot_created(time.perf_counter() - started)
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
