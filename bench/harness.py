@@ -33,6 +33,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 OURS_JID = "upload.localhost"
 CEILING_JID = "ceiling.localhost"
+CEILING_SLOT_JID = "ceiling-slot.localhost"
 
 # Prosody's defaults would refuse our load: mod_storage_internal keeps at most 10 000 archive
 # items per store (mod_http_file_share records every slot in one), and each user may only
@@ -279,16 +280,19 @@ def ours_process(name: str, config: Path, workdir: Path) -> ComponentProcess:
     return ComponentProcess(name, argv, workdir, env)
 
 
-def trivial_process(name: str, prosody: Prosody, workdir: Path) -> ComponentProcess:
+def trivial_process(
+    name: str, prosody: Prosody, workdir: Path, jid: str = CEILING_JID, slot: bool = False
+) -> ComponentProcess:
     argv = [
         sys.executable,
         str(BENCH / "trivial_component.py"),
         "--port",
         str(prosody.component_port),
         "--jid",
-        CEILING_JID,
+        jid,
         "--secret",
-        prosody.components[CEILING_JID],
+        prosody.components[jid],
+        *(["--slot"] if slot else []),
     ]
     return ComponentProcess(name, argv, workdir)
 

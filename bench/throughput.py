@@ -9,11 +9,14 @@ requests have been answered, against
                  offline: no S3 server is involved);
 * ``prosody``  — Prosody's own ``mod_http_file_share`` at ``share.localhost`` on the same server;
 * ``ceiling``  — ``bench/trivial_component.py`` at ``ceiling.localhost``: a raw-socket component
-                 that answers every IQ with an empty result, i.e. what the path allows.
+                 that answers every IQ with an empty result, i.e. what the path allows;
+* ``ceiling_slot`` — the same at ``ceiling-slot.localhost`` answering with a canned slot as long
+                 as ours: what the path allows for any upload service, whose replies the
+                 XMPP server must route.
 
 For each it reports slots/s, p50/p90/p99 latency, and CPU per slot of the component process,
 of Prosody and of the load client (from ``/proc/PID/stat``, measured run only, warm-up
-excluded), plus the ratios ours/prosody and ours/ceiling. Any non-result reply fails the run.
+excluded), plus the ratios of ours to each. Any non-result reply fails the run.
 The load client (``bench/loadclient.py``) is raw asyncio sockets in its own process.
 
 Noise: every target runs ``--rounds`` times (default 3), interleaved, the order rotating. Before
@@ -27,7 +30,7 @@ Prosody does when two component processes connect with the same JID (default pol
 
 Run (from the repository root; ~1 minute with the defaults, ~2 with ``--scaling``)::
 
-    .venv/bin/python bench/throughput.py                      # ours, prosody, ceiling
+    .venv/bin/python bench/throughput.py                      # ours, prosody, both ceilings
     .venv/bin/python bench/throughput.py --scaling            # + iqdisc modes, 2 components
     .venv/bin/python bench/throughput.py --users 8 --inflight 32 --requests 50000 --targets ours,ceiling
 
@@ -49,10 +52,10 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import CEILING_JID, OURS_JID, ComponentProcess, Prosody, cpu_seconds, cpu_times, machine_busy_seconds
+from harness import CEILING_JID, CEILING_SLOT_JID, OURS_JID, ComponentProcess, Prosody, cpu_seconds, cpu_times, machine_busy_seconds
 from loadclient import LoadClientProcess, LoadError
 
-TARGETS = ("ours", "prosody", "ceiling")
+TARGETS = ("ours", "prosody", "ceiling", "ceiling_slot")
 SCALING_IQDISCS = ("one_queue", "parallel", "queues:4", "no_queue")
 FOREIGN_WARNING = 0.15
 """Cores used by other processes during a run above which the run is flagged."""
@@ -356,7 +359,7 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     ours = results.get("ours")
-    for other in ("prosody", "ceiling"):
+    for other in ("prosody", "ceiling", "ceiling_slot"):
         if ours and other in results:
             out[f"ours/{other} slots/s"] = ours["rate"] / results[other]["rate"]
             out[f"ours/{other} p50"] = ours["latency_us"]["p50"] / results[other]["latency_us"]["p50"]
@@ -385,7 +388,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="runs per target, interleaved; the median is shown (default 3)"
     )
     parser.add_argument("--iqdisc", default="one_queue", help="ours: one_queue|parallel|no_queue|queues:N")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling,ceiling_slot")
     parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
     parser.add_argument("--profile", action="store_true", help="py-spy our component during one extra run")
     parser.add_argument("--py-spy", default="auto", help="path of py-spy (default: look for it)")
@@ -422,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prosody_config": args.prosody_config,
     }
     variants = [v for v in SCALING_IQDISCS if v != args.iqdisc] if args.scaling else []
-    components = {OURS_JID: secrets.token_hex(8), CEILING_JID: secrets.token_hex(8)}
+    components = {jid: secrets.token_hex(8) for jid in (OURS_JID, CEILING_JID, CEILING_SLOT_JID)}
     components.update({variant_jid(v): secrets.token_hex(8) for v in variants})
     targets: dict[str, Target] = {}
     with harness.prosody_and_load_client(
@@ -434,6 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets["prosody"] = Target("prosody", "prosody mod_http_file_share", Prosody.share_jid)
             targets["ceiling"] = Target(
                 "ceiling", "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)
+            )
+            targets["ceiling_slot"] = Target(
+                "ceiling_slot",
+                "ceiling, slot-sized reply",
+                CEILING_SLOT_JID,
+                harness.trivial_process("ceiling_slot", prosody, work, CEILING_SLOT_JID, slot=True),
             )
             for variant in variants:
                 targets[f"ours:{variant}"] = ours_target(prosody, work, variant, variant_jid(variant))
