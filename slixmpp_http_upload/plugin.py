@@ -13,6 +13,7 @@ domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Bac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -45,6 +46,13 @@ class RequestMatcher(MatcherBase):
 
     def match(self, stanza: Any) -> bool:
         return stanza.name == "iq" and any(child.tag in self._criteria for child in stanza.xml)
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (as opposed to a backend that let a
+    CancelledError from something it awaited escape)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class HttpUploadServer(BasePlugin):
@@ -179,7 +187,8 @@ class HttpUploadServer(BasePlugin):
             self._refuse(iq, "queue-full", "wait", "resource-constraint", "Too many slot requests; try again later.")
 
     async def _answer(self, iq: Iq, dialect: Dialect, request: SlotRequest) -> None:
-        """Ask the policy hook and the backend, then send the slot; never raises."""
+        """Ask the policy hook and the backend, then send the slot; raises only when its own
+        task is cancelled."""
         started = time.perf_counter()
         try:
             reason = await self.policy(iq["from"], request) if self.policy else None
@@ -191,7 +200,9 @@ class HttpUploadServer(BasePlugin):
             reply = iq.reply(clear=True)
             reply.append(dialect.slot_element(slot))
             reply.send()
-        except Exception:
+        except (Exception, asyncio.CancelledError):
+            if _being_cancelled():  # our own task is stopping: let it
+                raise
             log.exception("Could not make a slot for %s (%s)", request.requester, type(self.backend).__name__)
             return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
         self.metrics.slot_created(time.perf_counter() - started)

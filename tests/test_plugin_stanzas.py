@@ -119,6 +119,17 @@ class FailingBackend(FixedBackend):
         return await super().create_slot(request)
 
 
+class CancelledBackend(FixedBackend):
+    """Awaits, for ``cancelled.txt``, a future that something else cancelled."""
+
+    async def create_slot(self, request: SlotRequest) -> Slot:
+        if request.filename == "cancelled.txt":
+            shared = asyncio.get_running_loop().create_future()
+            shared.cancel()
+            await shared
+        return await super().create_slot(request)
+
+
 class ForbiddenHeaderBackend:
     async def create_slot(self, request: SlotRequest) -> Slot:
         return Slot(put_url(request.filename), get_url(request.filename), (("X-Foo", "bar"),))
@@ -570,6 +581,16 @@ class TestErrors(UploadTest):
             self.recv(request_xml("1", "fail.txt"))
             self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
         self.assertIn("storage is down", logs.output[0])
+        self.recv(request_xml("2", "ok.txt"))
+        self.expect(slot_xml("2", "ok.txt"))
+
+    def test_backend_hit_by_a_foreign_cancellation_then_next_request_served(self) -> None:
+        # A CancelledError that is not the worker's own cancellation is a backend failure:
+        # it must not end the one_queue worker (which would leave every later request unanswered).
+        self.start(backend_instance=CancelledBackend())
+        with self.assertLogs("slixmpp_http_upload.plugin", logging.ERROR):
+            self.recv(request_xml("1", "cancelled.txt"))
+            self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
         self.recv(request_xml("2", "ok.txt"))
         self.expect(slot_xml("2", "ok.txt"))
 
