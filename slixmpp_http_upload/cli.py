@@ -17,7 +17,7 @@ from .config import Config, config_path, load_config
 from .options import ConfigError
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
-from .slot import BadRequest, FileTooLarge, make_request
+from .slot import MAX_SIZE_DIGITS, BadRequest, FileTooLarge, make_request
 
 PROG = "slixmpp-http-upload"
 
@@ -27,7 +27,8 @@ class Refused(Exception):
 
 
 def positive_integer(name: str, value: str, high: int | None = None) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) < 1 or (high is not None and int(value) > high):
+    digits = value.isascii() and value.isdigit() and len(value) <= MAX_SIZE_DIGITS
+    if not digits or int(value) < 1 or (high is not None and int(value) > high):
         bound = f" no larger than {high}" if high is not None else ""
         raise Refused(f"{name} must be a positive integer{bound}, got {value!r}")
     return int(value)

@@ -97,7 +97,7 @@ def _jid_or_domain_list(value: Any) -> frozenset[str]:
 
 def _table(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ValueError("must be a table")
+        raise ValueError(f"must be a table, not a {type(value).__name__}")
     return value
 
 
@@ -187,7 +187,10 @@ def parse_upload_settings(raw: Mapping[str, Any], path: str = "http_upload") -> 
     if not isinstance(raw, Mapping):
         raise ConfigError(path, "must be a table")
     backend = raw.get("backend", "s3")
-    backend_option = (Option(backend, {}, _table),) if isinstance(backend, str) and backend else ()
+    if any(option.name == backend for option in UPLOAD_OPTIONS):
+        raise ConfigError(f"{path}.backend", f"cannot be {backend!r}, the name of an option")
+    # secret=True: a scalar where the table belongs may well be a key; only its type is shown
+    backend_option = (Option(backend, {}, _table, secret=True),) if isinstance(backend, str) and backend else ()
     values = parse_table(raw, UPLOAD_OPTIONS + backend_option, path)
     backend_options = values.pop(backend, {}) if backend_option else {}
     return UploadSettings(**values, backend_options=backend_options)

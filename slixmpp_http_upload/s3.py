@@ -30,6 +30,9 @@ _PATH = re.compile(r"^[A-Za-z0-9._~/-]*$")
 _HOST = re.compile(r"^[a-z0-9._~-]+$")
 """A host name (lower-cased by urlsplit) in unreserved characters; IPv6 literals are checked apart."""
 _IPV6_NETLOC = re.compile(r"^\[[0-9A-Fa-f:.]+\](:[0-9]*)?$")
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_KEY_ID = re.compile(r"^[!-.0-~]+$")
+"""Printable ASCII without space or ``/`` (which separates the credential scope)."""
 ACL_PARAMS = (("x-amz-acl", "public-read"),)
 
 
@@ -74,10 +77,14 @@ def parse_bucket_url(value: Any) -> BucketUrl:
         raise ValueError("host may contain only letters, digits and '-._~'")
     if not _PATH.match(parts.path):
         raise ValueError("path may contain only letters, digits and '-._~/'")
+    path = parts.path[:-1] if parts.path.endswith("/") else parts.path
+    if any(segment in ("", ".", "..") for segment in path.split("/")[1:]):
+        raise ValueError("path must not have empty, '.' or '..' segments (clients would rewrite them)")
+    if port == 0:
+        raise ValueError("has an invalid port")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     if port is not None and port != DEFAULT_PORTS[scheme]:
         host = f"{host}:{port}"
-    path = parts.path[:-1] if parts.path.endswith("/") else parts.path
     return BucketUrl(origin=f"{scheme}://{host}", host=host, path=path)
 
 
@@ -90,24 +97,42 @@ def object_name(filename: str) -> str:
     return filename.replace("/", "_").replace("\\", "_")
 
 
+def _region(value: Any) -> str:
+    if not isinstance(value, str) or not _REGION.match(value):
+        raise ValueError("must be an AWS region name such as 'eu-west-1' (letters, digits, '-')")
+    return value
+
+
+def _key_id(value: Any) -> str:
+    if not isinstance(value, str) or not _KEY_ID.match(value):
+        raise ValueError("must be an access key id (printable ASCII, no space or '/')")
+    return value
+
+
+def _region_or_env(values: Mapping[str, Any], path: str) -> str:
+    if values["region"]:
+        return values["region"]
+    name = "AWS_REGION" if os.environ.get("AWS_REGION") else "AWS_DEFAULT_REGION"
+    region = os.environ.get(name)
+    if not region:
+        raise ConfigError(f"{path}.region", "is required (or set AWS_REGION)")
+    try:
+        return _region(region)
+    except ValueError as error:
+        raise ConfigError(f"{path}.region", f"from {name}: {error}") from None
+
+
 S3_OPTIONS = (
     Option("bucket_url", REQUIRED, parse_bucket_url),
     Option("add_acl", False, boolean),
-    Option("region", None, text),
-    Option("access_key_id", None, text),
+    Option("region", None, _region),
+    Option("access_key_id", None, _key_id),
     Option("secret_access_key", None, text, secret=True),
     Option("session_token", None, text, secret=True),
 )
 """``[http_upload.s3]``. Left out, region and credentials come from the standard AWS
 environment variables (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``)."""
-
-
-def _region(values: Mapping[str, Any], path: str) -> str:
-    region = values["region"] or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        raise ConfigError(f"{path}.region", "is required (or set AWS_REGION)")
-    return text(region)
 
 
 def _credentials(values: Mapping[str, Any], path: str) -> Credentials:
@@ -153,7 +178,7 @@ class S3Backend:
         values = parse_table(options, S3_OPTIONS, path)
         return cls(
             values["bucket_url"],
-            _region(values, path),
+            _region_or_env(values, path),
             _credentials(values, path),
             add_acl=values["add_acl"],
             expiration_time=settings.expiration_time,

@@ -6,12 +6,16 @@ raw fields into a :class:`SlotRequest` or raises :class:`BadRequest` / :class:`F
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from slixmpp import JID
 
 ALLOWED_PUT_HEADERS = frozenset({"authorization", "cookie", "expires"})
 """The only header names XEP-0363 lets a service hand to clients."""
+
+_URL = re.compile(r"[!-~]+")
+"""What a slot URL may hold: printable ASCII, no space (anything else is percent-encoded)."""
 
 MAX_FILENAME_BYTES = 255
 MAX_SIZE_DIGITS = 20
@@ -54,6 +58,9 @@ class Slot:
     put_headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        for url in (self.put_url, self.get_url):
+            if not _URL.fullmatch(url):
+                raise ValueError(f"a slot URL must be printable ASCII without spaces: {url[:80]!r}")
         for name, value in self.put_headers:
             if name.lower() not in ALLOWED_PUT_HEADERS:
                 raise ValueError(f"XEP-0363 forbids handing the header {name!r} to clients")

@@ -86,7 +86,7 @@ def test_domain_is_case_insensitive_and_size_up_to_max(capsys, config):
     "args, message",
     [
         *[(("example.org", "f.txt", size, "", "60"), f"SIZE must be a positive integer, got {size!r}")
-          for size in ["0", "-1", "1.5", "abc", "", "１"]],
+          for size in ["0", "-1", "1.5", "abc", "", "１", "9" * 5000]],
         *[(("example.org", "f.txt", "10", "", expiration),
            f"EXPIRATION must be a positive integer no larger than 604800, got {expiration!r}")
           for expiration in ["0", "-1", "1.5", "abc", "604801"]],

@@ -94,6 +94,8 @@ EXP = "http_upload.expiration_time: must be an integer from 1 to 604800"
 HOST_NAME = "http_upload.host: must be a domain name, where @HOST@ stands for each served domain"
 MAX_SIZE = 'http_upload.max_file_size: must be a positive integer (bytes) or "infinity"'
 
+DOT_SEGMENTS = "http_upload.s3.bucket_url: path must not have empty, '.' or '..' segments"
+
 CASES = {
     # wrong type
     "expiration-string": ({"http_upload.expiration_time": '"60"'}, f"{EXP}, got '60'"),
@@ -104,7 +106,7 @@ CASES = {
     "add-acl": ({"http_upload.s3.add_acl": "1"}, "http_upload.s3.add_acl: must be true or false, got 1"),
     "component-port": ({"component.port": '"5347"'}, "component.port: must be an integer from 1 to 65535"),
     "domains-not-list": ({"component.domains": '"example.org"'}, "component.domains: must be a list of domain names"),
-    "region-empty": ({"http_upload.s3.region": '""'}, "http_upload.s3.region: must be a non-empty string"),
+    "region-empty": ({"http_upload.s3.region": '""'}, "http_upload.s3.region: must be an AWS region name such as 'eu-west-1'"),
     "allow-not-list": ({"http_upload.allow": '"alice@example.org"'},
                        "http_upload.allow: must be a list of bare JIDs or domains"),
     # out of range
@@ -182,6 +184,17 @@ CASES = {
         "http_upload.s3.access_key_id: is required (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
     ),
     "no-region": ({"http_upload.s3.region": DELETE}, "http_upload.s3.region: is required (or set AWS_REGION)"),
+    "region-with-slash": ({"http_upload.s3.region": '"eu/west"'},
+                          "http_upload.s3.region: must be an AWS region name such as 'eu-west-1'"),
+    "key-id-with-space": ({"http_upload.s3.access_key_id": '"AKID EXAMPLE"'},
+                          "http_upload.s3.access_key_id: must be an access key id (printable ASCII, no space or '/')"),
+    "backend-named-like-an-option": ({"http_upload.backend": '"host"'},
+                                     "http_upload.backend: cannot be 'host', the name of an option"),
+    # bucket_url paths that HTTP clients would rewrite before sending (so the signature breaks)
+    "bucket-url-dot-dot": (bucket_url("https://example.org/../bucket"), DOT_SEGMENTS),
+    "bucket-url-dot": (bucket_url("https://example.org/a/./bucket"), DOT_SEGMENTS),
+    "bucket-url-empty-segment": (bucket_url("https://example.org/a//bucket"), DOT_SEGMENTS),
+    "bucket-url-port-0": (bucket_url("https://example.org:0/bucket"), "http_upload.s3.bucket_url: has an invalid port"),
 }
 
 
@@ -285,3 +298,16 @@ def test_file_values_win_over_environment(tmp_path, capsys, monkeypatch):
     status, out, _ = run(capsys, urls(write(tmp_path, render({}))))
     credential = parse_qs(urlsplit(out.split()[1]).query)["X-Amz-Credential"][0]
     assert status == 0 and credential.startswith("AKIDEXAMPLE/") and "/eu-west-1/" in credential
+
+
+def test_a_scalar_backend_table_is_not_echoed(tmp_path, capsys):
+    text = render({"http_upload.s3": DELETE}).replace("[http_upload]\n", '[http_upload]\ns3 = "AKID:TOP-SECRET"\n')
+    status, out, err = run(capsys, urls(write(tmp_path, text)))
+    assert_config_error(status, out, err, f"{PREFIX}http_upload.s3: must be a table, not a str")
+    assert "TOP-SECRET" not in err
+
+
+def test_region_from_the_environment_is_checked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "eu\x01west")
+    status, out, err = run(capsys, urls(write(tmp_path, render({"http_upload.s3.region": DELETE}))))
+    assert_config_error(status, out, err, f"{PREFIX}http_upload.s3.region: from AWS_REGION: must be an AWS region")

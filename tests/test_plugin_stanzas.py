@@ -1119,7 +1119,7 @@ class TestRegistration:
             ({"legacy_namespaces": "yes"}, "http_upload_server.legacy_namespaces: must be true or false"),
             ({"bogus": 1}, "http_upload_server.bogus: unknown option"),
             ({"s3": {"bucket_url": "ftp://x"}}, "http_upload_server.s3.bucket_url: must be an http:// or https:// URL"),
-            ({"s3": {**S3_CONFIG, "region": 1}}, "http_upload_server.s3.region: must be a non-empty string"),
+            ({"s3": {**S3_CONFIG, "region": 1}}, "http_upload_server.s3.region: must be an AWS region name"),
             ({"backend": "gcs"}, "http_upload_server.backend: unknown backend 'gcs' (known: "),
         ],
     )

@@ -95,20 +95,33 @@ def write_config(tmp_path: Path, backend_table: str) -> str:
     return str(path)
 
 
+EXTERNAL_TABLE = '[http_upload.external]\nbase_url = "https://files.example.com/up/"\nsecret = "hunter2"\n'
+
+
+def external_urls(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple:
+    """``urls`` through the README's backend: the split PUT and GET URLs."""
+    assert cli.main(["urls", "-c", write_config(tmp_path, EXTERNAL_TABLE), "example.com", *args]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    return urlsplit(lines["PutURL"]), urlsplit(lines["GetURL"])
+
+
 def test_readme_backend_serves_slots_through_the_entry_point(
     installed_example_backend: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(
-        tmp_path, '[http_upload.external]\nbase_url = "https://files.example.com/up/"\nsecret = "hunter2"\n'
-    )
-    assert cli.main(["urls", "-c", config, "example.com", "my photo.jpg", "1234", "image/jpeg", "60"]) == 0
-    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
-    put, get = urlsplit(lines["PutURL"]), urlsplit(lines["GetURL"])
+    put, get = external_urls(tmp_path, capsys, "my photo.jpg", "1234", "image/jpeg", "60")
     assert (put.netloc, put.path) == (get.netloc, get.path)
     assert get.path.startswith("/up/") and get.path.endswith("/my%20photo.jpg")
     path = unquote(get.path.removeprefix("/up/"))
     expected = hmac.new(b"hunter2", f"{path}\0{1234}\0image/jpeg".encode(), hashlib.sha256).hexdigest()
     assert put.query == f"v2={expected}"
+
+
+def test_readme_backend_keeps_the_file_name_one_segment(
+    installed_example_backend: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _put, get = external_urls(tmp_path, capsys, "a/../../b.jpg", "1", "", "60")
+    _, up, _token, name = get.path.split("/")
+    assert (up, name) == ("up", "a_.._.._b.jpg")
 
 
 def test_readme_backend_checks_its_options(

@@ -125,3 +125,11 @@ def test_slot_allows_xep0363_headers(name):
 def test_slot_refuses_other_headers(header, message):
     with pytest.raises(ValueError, match=message):
         Slot("https://h/p?q", "https://h/p", (header,))
+
+
+@pytest.mark.parametrize("url", ["https://h/a b", "https://h/\x00", "https://h/é", "https://h/\n", ""])
+def test_slot_refuses_urls_that_are_not_printable_ascii(url):
+    with pytest.raises(ValueError, match="a slot URL must be printable ASCII without spaces"):
+        Slot(url, "https://h/p")
+    with pytest.raises(ValueError, match="a slot URL must be printable ASCII without spaces"):
+        Slot("https://h/p", url)
