@@ -5,6 +5,7 @@ Importing the package registers the slixmpp plugin ``http_upload_server``.
 
 from slixmpp.plugins.base import register_plugin
 
+from .access import TryLater
 from .backends import Backend, register_backend
 from .options import ConfigError
 from .plugin import HttpUploadServer
@@ -14,4 +15,4 @@ register_plugin(HttpUploadServer)
 http_upload_server = HttpUploadServer
 """For ``xmpp.register_plugin("http_upload_server", config, module="slixmpp_http_upload")``."""
 
-__all__ = ["Backend", "ConfigError", "HttpUploadServer", "Slot", "SlotRequest", "register_backend"]
+__all__ = ["Backend", "ConfigError", "HttpUploadServer", "Slot", "SlotRequest", "TryLater", "register_backend"]

@@ -2,19 +2,34 @@
 
 By default only the served domain's own users; ``allow`` adds bare JIDs or whole domains,
 ``deny`` removes them (deny wins). An embedder's async ``policy`` hook is asked last and may
-refuse with a reason.
+refuse: for good with a reason (``auth/forbidden``), or for now with a :class:`TryLater`
+(``wait/resource-constraint``, with XEP-0363's ``<retry stamp>`` when it says when).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 from slixmpp import JID
 
 from .slot import SlotRequest
 
-Policy = Callable[[JID, SlotRequest], Awaitable[str | None]]
-"""``await policy(requester, request)``: None allows, a string refuses with that reason."""
+
+
+@dataclass(frozen=True)
+class TryLater:
+    """A temporary refusal (a quota, a rate): ``reason`` for the user, ``retry`` (timezone-aware)
+    when to ask again, if known."""
+
+    reason: str
+    retry: datetime | None = None
+
+
+Policy = Callable[[JID, SlotRequest], Awaitable[str | TryLater | None]]
+"""``await policy(requester, request)``: None allows, a string refuses with that reason, a
+:class:`TryLater` refuses for now."""
 
 
 class AccessRules:

@@ -26,7 +26,7 @@ from slixmpp.stanza import Iq
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
-from .access import AccessRules, Policy
+from .access import AccessRules, Policy, TryLater
 from .backends import Backend, create_backend
 from .config import UploadSettings, parse_upload_settings
 from .dispatch import make_dispatcher
@@ -191,9 +191,12 @@ class HttpUploadServer(BasePlugin):
         task is cancelled."""
         started = time.perf_counter()
         try:
-            reason = await self.policy(iq["from"], request) if self.policy else None
-            if reason:
-                return self._refuse(iq, "policy", "auth", "forbidden", reason)
+            verdict = await self.policy(iq["from"], request) if self.policy else None
+            if isinstance(verdict, TryLater):
+                retry = dialect.retry_element(verdict.retry) if verdict.retry else None
+                return self._refuse(iq, "policy", "wait", "resource-constraint", verdict.reason, retry)
+            if verdict:
+                return self._refuse(iq, "policy", "auth", "forbidden", verdict)
             slot = await self.backend.create_slot(request)
             if slot.put_headers and not dialect.attributes:
                 raise ValueError(f"the slot needs PUT headers, which {dialect.namespace} cannot carry")

@@ -17,6 +17,7 @@ stanza classes on ``Iq``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from xml.etree import ElementTree as ET
 
 from .slot import Slot
@@ -70,6 +71,11 @@ class Dialect:
             put.text = slot.put_url
             get.text = slot.get_url
         return element
+
+    def retry_element(self, when: datetime) -> ET.Element:
+        """``<retry stamp=…/>``: when a temporarily refused requester may ask again (XEP-0082 UTC)."""
+        stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return ET.Element(f"{{{self.namespace}}}retry", stamp=stamp)
 
     def file_too_large_element(self, max_file_size: int) -> ET.Element:
         element = ET.Element(f"{{{self.namespace}}}file-too-large")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from datetime import datetime, timedelta, timezone
 import logging
 import time
 import unittest
@@ -31,7 +32,7 @@ from slixmpp import JID, ComponentXMPP
 from slixmpp.test import SlixTest
 
 import slixmpp_http_upload
-from slixmpp_http_upload import ConfigError, HttpUploadServer, Slot, SlotRequest
+from slixmpp_http_upload import ConfigError, HttpUploadServer, Slot, SlotRequest, TryLater
 from slixmpp_http_upload.dispatch import EAGER_TASKS
 
 SERVICE = "upload.localhost"
@@ -721,6 +722,25 @@ class TestAccess(UploadTest):
         self.assertEqual([(str(jid), req.filename) for jid, req in asked], [(ALICE, "big.bin"), (ALICE, "small.bin")])
         self.assertEqual([r.filename for r in self.backend.requests], ["small.bin"])
         self.assertEqual(self.plugin.metrics.refusals, {"policy": 1})
+
+    def test_policy_refuses_for_now(self) -> None:
+        retry_at = datetime(2026, 11, 25, 18, 30, tzinfo=timezone(timedelta(hours=2)))
+
+        async def policy(requester: JID, request: SlotRequest) -> TryLater | None:
+            if request.filename == "later.bin":
+                return TryLater("Daily quota used up.", retry_at)
+            return TryLater("Too many uploads.") if request.filename == "soon.bin" else None
+
+        self.start(policy=policy)
+        for ns in ALL_NS:  # the <retry/> in the namespace asked
+            self.recv(request_xml("1", "later.bin", ns=ns))
+            retry = f'<retry xmlns="{ns}" stamp="2026-11-25T16:30:00Z"/>'
+            self.expect(error_xml("1", "wait", "resource-constraint", "Daily quota used up.", retry))
+        self.recv(request_xml("2", "soon.bin"))
+        self.expect(error_xml("2", "wait", "resource-constraint", "Too many uploads."))
+        self.recv(request_xml("3", "fine.bin"))
+        self.expect(slot_xml("3", "fine.bin"))
+        self.assertEqual(self.plugin.metrics.refusals, {"policy": len(ALL_NS) + 1})
 
     def test_policy_not_asked_for_static_refusals(self) -> None:
         asked: list[JID] = []
