@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .options import ConfigError
 from .slot import Slot, SlotRequest
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "slixmpp_http_upload.backends"
 
 
-@runtime_checkable
 class Backend(Protocol):
     """Makes upload slots. Raise any exception to refuse: the requester gets
     ``wait/internal-server-error`` and the exception is logged."""

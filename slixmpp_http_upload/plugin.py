@@ -69,10 +69,10 @@ class HttpUploadServer(BasePlugin):
         self.settings = self._settings()
         self.backend = self.config.get("backend_instance") or create_backend(self.settings, path=self.name)
         self.policy: Policy | None = self.config.get("policy")
-        self.service_jid = self.xmpp.boundjid.bare
-        self.rules = AccessRules(self._served_domain(), self.settings.allow, self.settings.deny)
+        service_jid = self.xmpp.boundjid.bare
+        self.rules = AccessRules(self._served_domain(service_jid), self.settings.allow, self.settings.deny)
         self.dispatcher = make_dispatcher(self.settings.iqdisc, self.settings.queue_size)
-        self.metrics = SlotMetrics(self.service_jid)
+        self.metrics = SlotMetrics(service_jid)
         dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
         matcher = RequestMatcher(set(self.dialects))  # lets only IQs through
@@ -103,14 +103,14 @@ class HttpUploadServer(BasePlugin):
             raise ConfigError(f"{self.name}.{next(iter(options))}", "cannot be given with settings")
         return settings
 
-    def _served_domain(self) -> str:
+    def _served_domain(self, service_jid: str) -> str:
         domain = self.config.get("domain")
         if domain is None and self.xmpp.is_component:
-            domain = self.settings.served_domain(self.service_jid)
+            domain = self.settings.served_domain(service_jid)
             if domain is None:
                 raise ConfigError(
                     f"{self.name}.domain",
-                    f"is required: the JID {self.service_jid} does not fit host {self.settings.host!r}",
+                    f"is required: the JID {service_jid} does not fit host {self.settings.host!r}",
                 )
         return (domain or self.xmpp.boundjid.domain).lower()
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .options import REQUIRED, ConfigError, Option, boolean, parse_table, text
+from .options import REQUIRED, Check, ConfigError, Option, boolean, parse_table, text
 from .sigv4 import Credentials, Presigner, canonical_headers, uri_encode
 from .slot import Slot, SlotRequest
 
@@ -109,17 +109,23 @@ def _key_id(value: Any) -> str:
     return value
 
 
+def _from_environment(path: str, names: tuple[str, ...], check: Check = text) -> str | None:
+    """The first of the environment variables ``names`` that is set, checked (a ConfigError on
+    ``path`` names the variable, never its value); None if none is set."""
+    for name in names:
+        if value := os.environ.get(name):
+            try:
+                return check(value)
+            except ValueError as error:
+                raise ConfigError(path, f"from {name}: {error}") from None
+    return None
+
+
 def _region_or_env(values: Mapping[str, Any], path: str) -> str:
-    if values["region"]:
-        return values["region"]
-    name = "AWS_REGION" if os.environ.get("AWS_REGION") else "AWS_DEFAULT_REGION"
-    region = os.environ.get(name)
+    region = values["region"] or _from_environment(f"{path}.region", ("AWS_REGION", "AWS_DEFAULT_REGION"), _region)
     if not region:
         raise ConfigError(f"{path}.region", "is required (or set AWS_REGION)")
-    try:
-        return _region(region)
-    except ValueError as error:
-        raise ConfigError(f"{path}.region", f"from {name}: {error}") from None
+    return region
 
 
 S3_OPTIONS = (
@@ -138,8 +144,9 @@ environment variables (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_I
 def _credentials(values: Mapping[str, Any], path: str) -> Credentials:
     key_id, secret = values["access_key_id"], values["secret_access_key"]
     if key_id is None and secret is None:
-        key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        token = values["session_token"] or os.environ.get("AWS_SESSION_TOKEN") or None
+        key_id = _from_environment(f"{path}.access_key_id", ("AWS_ACCESS_KEY_ID",), _key_id)
+        secret = _from_environment(f"{path}.secret_access_key", ("AWS_SECRET_ACCESS_KEY",))
+        token = values["session_token"] or _from_environment(f"{path}.session_token", ("AWS_SESSION_TOKEN",))
         if not key_id or not secret:
             raise ConfigError(
                 f"{path}.access_key_id",

@@ -307,7 +307,20 @@ def test_a_scalar_backend_table_is_not_echoed(tmp_path, capsys):
     assert "TOP-SECRET" not in err
 
 
-def test_region_from_the_environment_is_checked(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("AWS_REGION", "eu\x01west")
-    status, out, err = run(capsys, urls(write(tmp_path, render({"http_upload.s3.region": DELETE}))))
-    assert_config_error(status, out, err, f"{PREFIX}http_upload.s3.region: from AWS_REGION: must be an AWS region")
+@pytest.mark.parametrize(
+    "variable, value, key, message",
+    [
+        ("AWS_REGION", "eu\x01west", "region", "must be an AWS region"),
+        ("AWS_ACCESS_KEY_ID", "AKID EXAMPLE", "access_key_id", "must be an access key id"),
+        ("AWS_SECRET_ACCESS_KEY", "TOP-SECRET\x07", "secret_access_key", "must not contain control characters"),
+    ],
+)
+def test_values_from_the_environment_are_checked(tmp_path, capsys, monkeypatch, variable, value, key, message):
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    monkeypatch.setenv(variable, value)
+    missing = {f"http_upload.s3.{name}": DELETE for name in ("region", "access_key_id", "secret_access_key")}
+    status, out, err = run(capsys, urls(write(tmp_path, render(missing))))
+    assert_config_error(status, out, err, f"{PREFIX}http_upload.s3.{key}: from {variable}: {message}")
+    assert "TOP-SECRET" not in err
