@@ -22,7 +22,7 @@ from slixmpp import ClientXMPP
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import UPLOAD_JID, ClientPool, write_toml  # noqa: E402
-from servers import Prosody, SeaweedFS, _stop_process_group, find_prosody, find_weed  # noqa: E402
+from servers import Ejabberd, Prosody, SeaweedFS, _stop_process_group, find_ejabberd, find_prosody, find_weed  # noqa: E402
 
 USERS = {"alice": "alice-password", "bob": "bob-password"}
 
@@ -162,8 +162,6 @@ def prosody_tls() -> Iterator[Prosody]:
 
 
 # ------------------------------------------------------------------ ejabberd
-
-from servers import Ejabberd, find_ejabberd  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import string
 from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
@@ -179,3 +180,18 @@ async def upload_and_fetch(xmpp: ClientXMPP, path: Path) -> str:
     status, body = await asyncio.to_thread(anonymous_request, "GET", url)
     assert (status, body) == (200, path.read_bytes())
     return url
+
+
+# --------------------------------------------------------------- asyncio errors
+
+
+class AsyncioErrors(logging.Handler):
+    """Collects what asyncio logs at ERROR: "Task was destroyed but it is pending!",
+    "Task exception was never retrieved", exceptions in callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())

@@ -37,11 +37,13 @@ __all__ = [
     "Prosody",
     "Ejabberd",
     "ServerError",
+    "anonymous_request",
+    "make_s3_client",
+    "LOOPBACK",
     "find_weed",
     "find_prosody",
     "find_ejabberd",
     "free_ports",
-    "TestCertificates",
     "make_test_certificates",
 ]
 
@@ -680,8 +682,38 @@ class _XmppServer(_Server):
     def jid(self, user: str) -> str:
         return f"{user}@{self.domain}"
 
+    def start(self) -> None:
+        """Start the server and wait until its ports accept TCP; the console output of every
+        start goes to one file, kept across restarts."""
+        if self.running:
+            return
+        command = self._command()
+        if self._tmp is None:
+            raise ServerError(f"this {self.name} was stopped for good (temp dir removed)")
+        for port in self._ports_to_reserve():
+            if _port_open(port):
+                raise ServerError(f"port {LOOPBACK}:{port} is already in use before {self.name} started")
+        self._spawn(command, cwd=self.tmpdir, output=self._console_path, append=True, env=self._env())
+        try:
+            self._wait_ready()
+        except BaseException:
+            self._stop_process()
+            raise
+
+    def _command(self) -> list[str]:  # pragma: no cover - overridden
+        """The server's command line; FileNotFoundError when its binary is missing."""
+        raise NotImplementedError
+
+    def _env(self) -> Mapping[str, str] | None:
+        """The server's environment (None: this process's)."""
+        return None
+
     def _ports_to_wait(self) -> list[int]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _ports_to_reserve(self) -> list[int]:
+        """Ports that must be free before the start."""
+        return self._ports_to_wait()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -840,24 +872,10 @@ class Prosody(_XmppServer):
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> None:
-        """Start Prosody and wait until its c2s (and component/http) ports accept TCP."""
-        if self.running:
-            return
+    def _command(self) -> list[str]:
         if not self.prosody:
             raise FileNotFoundError("the 'prosody' binary was not found (apt-get install prosody)")
-        if self._tmp is None:
-            raise ServerError("this Prosody was stopped for good (temp dir removed)")
-        for port in self._ports_to_wait():
-            if _port_open(port):
-                raise ServerError(f"port {LOOPBACK}:{port} is already in use before Prosody started")
-        cmd = [self.prosody, "-F", "--config", str(self.config_path)]
-        self._spawn(cmd, cwd=self.tmpdir, output=self._console_path, append=True)  # kept across restarts
-        try:
-            self._wait_ready()
-        except BaseException:
-            self._stop_process()
-            raise
+        return [self.prosody, "-F", "--config", str(self.config_path)]
 
     def _ports_to_wait(self) -> list[int]:
         # Prosody opens the component port only when an external component is
@@ -1047,18 +1065,10 @@ class Ejabberd(_XmppServer):
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> None:
-        """Start ejabberd and wait until its c2s (and component) ports accept TCP."""
-        if self.running:
-            return
+    def _command(self) -> list[str]:
         if not self.erl:
             raise FileNotFoundError("erl or ejabberd's Erlang application was not found (apt-get install ejabberd)")
-        if self._tmp is None:
-            raise ServerError("this ejabberd was stopped for good (temp dir removed)")
-        for port in (*self._ports_to_wait(), self.dist_port):
-            if _port_open(port):
-                raise ServerError(f"port {LOOPBACK}:{port} is already in use before ejabberd started")
-        cmd = self._erl(
+        return self._erl(
             self.node,
             "-kernel",
             "inet_dist_use_interface",
@@ -1070,12 +1080,9 @@ class Ejabberd(_XmppServer):
             "ejabberd",
             "-noinput",
         )
-        self._spawn(cmd, cwd=self.tmpdir, output=self._console_path, append=True, env=self._env())
-        try:
-            self._wait_ready()
-        except BaseException:
-            self._stop_process()
-            raise
+
+    def _ports_to_reserve(self) -> list[int]:
+        return [*self._ports_to_wait(), self.dist_port]
 
     def _ports_to_wait(self) -> list[int]:
         return [self.c2s_port, self.component_port] if self.components else [self.c2s_port]

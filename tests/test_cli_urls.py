@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from helpers import run_cli
 from slixmpp_http_upload.cli import main
 
 CONFIG = """\
@@ -39,18 +40,16 @@ def awk_field(output: str, pattern: str) -> list[str]:
     return [line.split()[1] for line in output.splitlines() if pattern in line]
 
 
-def urls(capsys, config: Path, *args: str) -> tuple[int, str, str]:
-    status = main(["urls", "-c", str(config), *args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
+def urls(config: Path, *args: str) -> tuple[int, str, str]:
+    return run_cli("urls", "-c", str(config), *args)
 
 
 def query(url: str) -> dict[str, str]:
     return {name: values[0] for name, values in parse_qs(urlsplit(url).query, strict_parsing=True).items()}
 
 
-def test_awk_recipe_extracts_the_urls(capsys, config):
-    status, out, err = urls(capsys, config, "example.org", "my holiday photo 😀 #1.jpg", "500", "image/jpeg", "60")
+def test_awk_recipe_extracts_the_urls(config):
+    status, out, err = urls(config, "example.org", "my holiday photo 😀 #1.jpg", "500", "image/jpeg", "60")
     assert (status, err) == (0, "")
     lines = out.splitlines()
     assert [line.split(" ", 1)[0] for line in lines] == ["PutURL:", "GetURL:"]
@@ -64,21 +63,21 @@ def test_awk_recipe_extracts_the_urls(capsys, config):
 @pytest.mark.parametrize(
     "content_type, signed", [("", "content-length;host"), ("text/plain", "content-length;content-type;host")]
 )
-def test_empty_content_type_is_not_signed(capsys, config, content_type, signed):
-    status, out, _ = urls(capsys, config, "example.org", "f.txt", "10", content_type, "60")
+def test_empty_content_type_is_not_signed(config, content_type, signed):
+    status, out, _ = urls(config, "example.org", "f.txt", "10", content_type, "60")
     assert status == 0
     assert query(awk_field(out, "PutURL:")[0])["X-Amz-SignedHeaders"] == signed
 
 
 @pytest.mark.parametrize("expiration", ["1", "3600", "604800"])
-def test_expiration_overrides_configured_time(capsys, config, expiration):
-    status, out, _ = urls(capsys, config, "example.org", "f.txt", "10", "", expiration)
+def test_expiration_overrides_configured_time(config, expiration):
+    status, out, _ = urls(config, "example.org", "f.txt", "10", "", expiration)
     assert status == 0
     assert query(awk_field(out, "PutURL:")[0])["X-Amz-Expires"] == expiration
 
 
-def test_domain_is_case_insensitive_and_size_up_to_max(capsys, config):
-    status, out, _ = urls(capsys, config, "EXAMPLE.net", "f.txt", "1000", "", "60")
+def test_domain_is_case_insensitive_and_size_up_to_max(config):
+    status, out, _ = urls(config, "EXAMPLE.net", "f.txt", "1000", "", "60")
     assert status == 0 and len(awk_field(out, "PutURL:")) == 1
 
 
@@ -99,8 +98,8 @@ def test_domain_is_case_insensitive_and_size_up_to_max(capsys, config):
         (("example.org", "f.txt", "10", "text/plain\r\nX-Evil: 1", "60"), "The content-type contains a line break."),
     ],
 )
-def test_refusals(capsys, config, args, message):
-    status, out, err = urls(capsys, config, *args)
+def test_refusals(config, args, message):
+    status, out, err = urls(config, *args)
     assert status == 1
     assert out == ""
     assert err == f"slixmpp-http-upload: {message}\n"

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from slixmpp_http_upload.cli import main
+from helpers import run_cli
 
 PREFIX = "slixmpp-http-upload: configuration error: "
 SECRET = "BASE-SECRET-wJalrXUtnFEMI-K7MDENG"
@@ -58,12 +58,6 @@ def render(changes: dict[str, object]) -> str:
 def clean_environment(monkeypatch):
     for name in AWS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-
-
-def run(capsys, argv: list[str]) -> tuple[int, str, str]:
-    status = main(argv)
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def urls(config: Path | None = None) -> list[str]:
@@ -199,9 +193,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("changes, expected", CASES.values(), ids=CASES.keys())
-def test_configuration_error(tmp_path, capsys, changes, expected):
+def test_configuration_error(tmp_path, changes, expected):
     config = write(tmp_path, render(changes))
-    assert_config_error(*run(capsys, urls(config)), expected)
+    assert_config_error(*run_cli(*urls(config)), expected)
 
 
 @pytest.mark.parametrize(
@@ -218,53 +212,53 @@ def test_configuration_error(tmp_path, capsys, changes, expected):
         (bucket_url("AKID:TOP-SECRET-PW@example.org/bucket"), "http_upload.s3.bucket_url"),
     ],
 )
-def test_secret_values_stay_out_of_messages(tmp_path, capsys, changes, key):
+def test_secret_values_stay_out_of_messages(tmp_path, changes, key):
     config = write(tmp_path, render(changes))
-    status, out, err = run(capsys, urls(config))
+    status, out, err = run_cli(*urls(config))
     assert_config_error(status, out, err, f"{PREFIX}{key}: ")
     assert "987654321" not in err and "TOP-SECRET" not in err
 
 
-def test_infinity_max_file_size_is_accepted(tmp_path, capsys):
+def test_infinity_max_file_size_is_accepted(tmp_path):
     config = write(tmp_path, render({"http_upload.max_file_size": '"infinity"'}))
-    status, out, err = run(capsys, ["urls", "-c", str(config), "example.org", "big.iso", str(10**15), "", "60"])
+    status, out, err = run_cli(*["urls", "-c", str(config), "example.org", "big.iso", str(10**15), "", "60"])
     assert (status, err) == (0, "")
     assert "PutURL: " in out
 
 
-def test_invalid_toml(tmp_path, capsys):
+def test_invalid_toml(tmp_path):
     config = write(tmp_path, "[http_upload\nexpiration_time = 60\n")
-    assert_config_error(*run(capsys, urls(config)), "not valid TOML")
+    assert_config_error(*run_cli(*urls(config)), "not valid TOML")
 
 
-def test_missing_file(tmp_path, capsys):
+def test_missing_file(tmp_path):
     missing = tmp_path / "nowhere.toml"
-    assert_config_error(*run(capsys, urls(missing)), f"cannot read the configuration file '{missing}'")
+    assert_config_error(*run_cli(*urls(missing)), f"cannot read the configuration file '{missing}'")
 
 
-def test_no_config_option_and_no_environment_variable(capsys):
+def test_no_config_option_and_no_environment_variable():
     assert_config_error(
-        *run(capsys, urls()), "no configuration file: pass -c PATH or set SLIXMPP_HTTP_UPLOAD_CONFIG"
+        *run_cli(*urls()), "no configuration file: pass -c PATH or set SLIXMPP_HTTP_UPLOAD_CONFIG"
     )
 
 
-def test_environment_variable_names_the_file_when_no_option(tmp_path, capsys, monkeypatch):
+def test_environment_variable_names_the_file_when_no_option(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIXMPP_HTTP_UPLOAD_CONFIG", str(write(tmp_path, render({}))))
-    status, out, err = run(capsys, urls())
+    status, out, err = run_cli(*urls())
     assert (status, err) == (0, "")
     assert out.startswith("PutURL: https://s3.eu-west-1.amazonaws.com/bucket/")
 
     bad = tmp_path / "bad.toml"
     bad.write_text(render({"http_upload.token_bytes": "15"}), encoding="utf-8")
     monkeypatch.setenv("SLIXMPP_HTTP_UPLOAD_CONFIG", str(bad))
-    assert_config_error(*run(capsys, urls()), "http_upload.token_bytes: must be an integer from 16 to 256")
+    assert_config_error(*run_cli(*urls()), "http_upload.token_bytes: must be an integer from 16 to 256")
     # -c wins over the environment variable
-    assert run(capsys, urls(tmp_path / "config.toml"))[0] == 0
+    assert run_cli(*urls(tmp_path / "config.toml"))[0] == 0
 
 
-def test_unknown_backend_lists_s3(tmp_path, capsys):
+def test_unknown_backend_lists_s3(tmp_path):
     config = write(tmp_path, render({"http_upload.backend": '"nope"', "http_upload.s3": DELETE}))
-    status, out, err = run(capsys, urls(config))
+    status, out, err = run_cli(*urls(config))
     assert_config_error(status, out, err, "unknown backend 'nope'")
     known = err.rpartition("(known: ")[2].rstrip(")\n").split(", ")
     assert "s3" in known
@@ -272,7 +266,7 @@ def test_unknown_backend_lists_s3(tmp_path, capsys):
 
 @pytest.mark.parametrize("region_variable", ["AWS_REGION", "AWS_DEFAULT_REGION"])
 @pytest.mark.parametrize("token", [None, "ENV/SESSION+TOKEN="])
-def test_region_and_credentials_from_environment(tmp_path, capsys, monkeypatch, region_variable, token):
+def test_region_and_credentials_from_environment(tmp_path, monkeypatch, region_variable, token):
     config = write(tmp_path, render({
         "http_upload.s3.region": DELETE, "http_upload.s3.access_key_id": DELETE,
         "http_upload.s3.secret_access_key": DELETE,
@@ -282,7 +276,7 @@ def test_region_and_credentials_from_environment(tmp_path, capsys, monkeypatch, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
     if token:
         monkeypatch.setenv("AWS_SESSION_TOKEN", token)
-    status, out, err = run(capsys, urls(config))
+    status, out, err = run_cli(*urls(config))
     assert (status, err) == (0, "")
     put_url = out.splitlines()[0].removeprefix("PutURL: ")
     query = parse_qs(urlsplit(put_url).query)
@@ -291,18 +285,18 @@ def test_region_and_credentials_from_environment(tmp_path, capsys, monkeypatch, 
     assert query.get("X-Amz-Security-Token") == ([token] if token else None)
 
 
-def test_file_values_win_over_environment(tmp_path, capsys, monkeypatch):
+def test_file_values_win_over_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "ap-south-2")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
-    status, out, _ = run(capsys, urls(write(tmp_path, render({}))))
+    status, out, _ = run_cli(*urls(write(tmp_path, render({}))))
     credential = parse_qs(urlsplit(out.split()[1]).query)["X-Amz-Credential"][0]
     assert status == 0 and credential.startswith("AKIDEXAMPLE/") and "/eu-west-1/" in credential
 
 
-def test_a_scalar_backend_table_is_not_echoed(tmp_path, capsys):
+def test_a_scalar_backend_table_is_not_echoed(tmp_path):
     text = render({"http_upload.s3": DELETE}).replace("[http_upload]\n", '[http_upload]\ns3 = "AKID:TOP-SECRET"\n')
-    status, out, err = run(capsys, urls(write(tmp_path, text)))
+    status, out, err = run_cli(*urls(write(tmp_path, text)))
     assert_config_error(status, out, err, f"{PREFIX}http_upload.s3: must be a table, not a str")
     assert "TOP-SECRET" not in err
 
@@ -315,12 +309,12 @@ def test_a_scalar_backend_table_is_not_echoed(tmp_path, capsys):
         ("AWS_SECRET_ACCESS_KEY", "TOP-SECRET\x07", "secret_access_key", "must not contain control characters"),
     ],
 )
-def test_values_from_the_environment_are_checked(tmp_path, capsys, monkeypatch, variable, value, key, message):
+def test_values_from_the_environment_are_checked(tmp_path, monkeypatch, variable, value, key, message):
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
     monkeypatch.setenv(variable, value)
     missing = {f"http_upload.s3.{name}": DELETE for name in ("region", "access_key_id", "secret_access_key")}
-    status, out, err = run(capsys, urls(write(tmp_path, render(missing))))
+    status, out, err = run_cli(*urls(write(tmp_path, render(missing))))
     assert_config_error(status, out, err, f"{PREFIX}http_upload.s3.{key}: from {variable}: {message}")
     assert "TOP-SECRET" not in err

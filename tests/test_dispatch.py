@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from slixmpp_http_upload.config import IqDisc
-from slixmpp_http_upload.dispatch import EAGER_TASKS, QueueDispatcher, TaskDispatcher, make_dispatcher, start_task
+from helpers import AsyncioErrors
 
-Job = Callable[[], Coroutine[Any, Any, None]]
+from slixmpp_http_upload.config import IqDisc
+from slixmpp_http_upload.dispatch import EAGER_TASKS, Job, QueueDispatcher, TaskDispatcher, make_dispatcher, start_task
+
 needs_eager_tasks = pytest.mark.skipif(not EAGER_TASKS, reason="eager tasks need Python 3.12")
 
 
@@ -21,21 +21,16 @@ needs_eager_tasks = pytest.mark.skipif(not EAGER_TASKS, reason="eager tasks need
 def no_asyncio_errors() -> Iterator[None]:
     """Fail a test after which asyncio logged an error ("Task exception was never retrieved",
     "Task was destroyed but it is pending!", ...)."""
-    messages: list[str] = []
-
-    class Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    handler = Handler(logging.ERROR)
+    gc.collect()  # what earlier tests left behind complains now, not in this test
+    errors = AsyncioErrors()
     logger = logging.getLogger("asyncio")
-    logger.addHandler(handler)
+    logger.addHandler(errors)
     try:
         yield
         gc.collect()
     finally:
-        logger.removeHandler(handler)
-    assert messages == []
+        logger.removeHandler(errors)
+    assert errors.messages == []
 
 
 async def settle(rounds: int = 20) -> None:
@@ -195,12 +190,6 @@ async def test_queue_close_cancels_running_and_drops_queued() -> None:
     assert rec.ends() == ["again"]
     dispatcher.close()
     await settle()
-
-
-async def test_queue_close_without_use() -> None:
-    dispatcher = QueueDispatcher(3, 10)
-    dispatcher.close()
-    assert dispatcher.workers == []
 
 
 # ------------------------------------------------------------------------- TaskDispatcher

@@ -20,11 +20,11 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError
 
+from helpers import UPLOAD_JID
 from servers import Prosody, free_ports
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.serve import Link
 
-UPLOAD_JID = "upload.localhost"  # the shared Prosody's component
 MAX_FILE_SIZE = 1000
 S3 = {  # never contacted: presigning does no I/O
     "bucket_url": "http://127.0.0.1:9/bucket",
@@ -35,9 +35,9 @@ S3 = {  # never contacted: presigning does no I/O
 S3_TABLE = "[http_upload.s3]\n" + "".join(f'{key} = "{value}"\n' for key, value in S3.items())
 
 
-def serve_config(prosody: Prosody, secret: str | None = None, **tables: Any) -> dict[str, Any]:
+def serve_config(prosody: Prosody, **tables: Any) -> dict[str, Any]:
     component = {"server": "127.0.0.1", "port": prosody.component_port, "domains": ["localhost"]}
-    component["secret"] = secret or prosody.component_secret
+    component["secret"] = prosody.component_secret
     return {"component": component, "http_upload": {"max_file_size": MAX_FILE_SIZE, "s3": S3}, **tables}
 
 
