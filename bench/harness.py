@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +25,7 @@ RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
 from loadclient import Account, LoadClientProcess  # noqa: E402
-from servers import LOOPBACK, Prosody  # noqa: E402  (tests/servers.py, reused as is)
+from servers import LOOPBACK, Prosody, _stop_process_group  # noqa: E402  (tests/servers.py, reused as is)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -105,22 +103,6 @@ def write_json(path: str | os.PathLike[str], document: dict[str, Any]) -> Path:
 # Prosody and its users
 
 
-def start_prosody(components: dict[str, str], *, http_file_share: bool, log_level: str, extra: str = "") -> Prosody:
-    """A started private Prosody with ``components`` (JID → secret); caller stops it."""
-    prosody = Prosody(
-        components,
-        http_file_share=http_file_share,
-        log_level=log_level,
-        extra_config="\n".join(part for part in (PROSODY_LOAD_CONFIG, extra) if part),
-    )
-    try:
-        prosody.start()
-    except BaseException:
-        prosody.stop()
-        raise
-    return prosody
-
-
 def register_users(prosody: Prosody, count: int) -> list[Account]:
     accounts = [Account(f"bench{i}", f"pw-bench{i}") for i in range(count)]
     for account in accounts:
@@ -132,12 +114,17 @@ def register_users(prosody: Prosody, count: int) -> list[Account]:
 def prosody_and_load_client(
     components: dict[str, str], *, users: int, http_file_share: bool, log_level: str, extra: str = ""
 ) -> Iterator[tuple[Prosody, LoadClientProcess, Path]]:
-    """A started private Prosody (see :func:`start_prosody`), the load client logged in as
-    ``users`` bench accounts, and a work directory; on exit the client and Prosody are stopped
-    and the directory removed.  Components the caller starts it must stop before leaving."""
-    prosody = start_prosody(components, http_file_share=http_file_share, log_level=log_level, extra=extra)
+    """A started private Prosody with ``components`` (JID → secret) and the load settings, the
+    load client logged in as ``users`` bench accounts, and a work directory; on exit the client
+    and Prosody are stopped and the directory removed.  Components the caller starts it must
+    stop before leaving."""
     client: LoadClientProcess | None = None
-    with workdir() as tmp:
+    with Prosody(
+        components,
+        http_file_share=http_file_share,
+        log_level=log_level,
+        extra_config="\n".join(part for part in (PROSODY_LOAD_CONFIG, extra) if part),
+    ) as prosody, workdir() as tmp:
         try:
             accounts = register_users(prosody, users)
             client = LoadClientProcess(LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
@@ -146,7 +133,6 @@ def prosody_and_load_client(
         finally:
             if client is not None:
                 client.stop()
-            prosody.stop()
 
 
 # --------------------------------------------------------------------------
@@ -210,19 +196,7 @@ class ComponentProcess:
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(10)
+        _stop_process_group(proc, timeout)
         return proc.returncode
 
     def __enter__(self) -> ComponentProcess:
@@ -297,18 +271,6 @@ def trivial_process(
     return ComponentProcess(name, argv, workdir)
 
 
-def serve_available() -> bool:
-    return (REPO / "slixmpp_http_upload" / "serve.py").is_file()
-
-
 def workdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="bench-")
 
-
-def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())

@@ -52,7 +52,6 @@ class Account:
 class RunStats:
     """What one run saw; latencies in microseconds, CPU in seconds of this process."""
 
-    target: str
     requests: int
     results: int
     errors: int
@@ -65,9 +64,6 @@ class RunStats:
     p99_us: float
     max_us: float
     mean_us: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -247,7 +243,6 @@ async def run_load(sessions: list[Session], to: str, total: int, inflight: int, 
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     ordered = sorted(tally.latencies_ns)
     return RunStats(
-        target=to,
         requests=total,
         results=len(ordered) - tally.errors,
         errors=tally.errors,
@@ -290,7 +285,7 @@ async def _child_main(conn: Connection, host: str, port: int, domain: str, accou
     sessions = await asyncio.gather(
         *(open_session(host, port, domain, account, f"bench{i}") for i, account in enumerate(accounts))
     )
-    conn.send(("ready", [s.jid for s in sessions]))
+    conn.send(("ready", None))
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -299,7 +294,7 @@ async def _child_main(conn: Connection, host: str, port: int, domain: str, accou
                 if command == "run":
                     to, total, inflight, timeout = args
                     stats = await run_load(list(sessions), to, total, inflight, timeout)
-                    conn.send(("ok", stats.as_dict()))
+                    conn.send(("ok", asdict(stats)))
                 elif command == "wait":
                     to, timeout = args
                     await wait_until_serving(sessions[0], to, timeout)
@@ -334,7 +329,6 @@ class LoadClientProcess:
         self.args = (host, port, domain, accounts)
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
-        self.jids: list[str] = []
 
     @property
     def pid(self) -> int | None:
@@ -347,7 +341,7 @@ class LoadClientProcess:
         self.process = context.Process(target=_child, args=(child, *self.args), daemon=True)
         self.process.start()
         child.close()
-        self.jids = self._answer(timeout, expect="ready")
+        self._answer(timeout, expect="ready")
 
     def _answer(self, timeout: float, expect: str = "ok") -> Any:
         assert self.conn is not None

@@ -1,9 +1,9 @@
 """Memory of our component under sustained load: RSS after 10k and after 200k slots.
 
 What it measures: ``python -m slixmpp_http_upload serve`` behind a real Prosody (S3 backend on
-a dummy bucket URL: slots are presigned offline), driven by the load client of
-``throughput.py`` (K connections × D requests in flight). The component's resident set size
-(``/proc/PID/statm``) is read at start (after one slot), then after each checkpoint's worth of
+a dummy bucket URL: slots are presigned offline), driven by the load client
+(``bench/loadclient.py``: K connections × D requests in flight). The component's resident set
+size (``/proc/PID/statm``) is read at start (after one slot), then after each checkpoint's worth of
 slots (default 10k, 50k, 100k, 150k, 200k), plus its peak (``VmHWM``). Goal: at most 60 MB, and
 flat — RSS after 200k within ±5 % of RSS after 10k. Any error reply fails the run.
 
@@ -89,8 +89,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if not harness.serve_available():
-        raise BenchError("slixmpp_http_upload/serve.py does not exist yet")
     with harness.prosody_and_load_client(
         {OURS_JID: secrets.token_hex(8)}, users=args.users, http_file_share=False, log_level="warn"
     ) as (prosody, client, work):

@@ -18,7 +18,11 @@ import argparse
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+REPO_PREFIX = f"{Path(__file__).resolve().parent.parent}/"
+"""The repository root as it appears in py-spy's file names, cut off like site-packages."""
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -65,7 +69,7 @@ def function_key(frame: str) -> str:
     if not match:
         return frame
     path = match["file"]
-    for marker in ("site-packages/", "lib/python3", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3", REPO_PREFIX):
         if marker in path:
             path = path.split(marker, 1)[1]
             if marker == "lib/python3":

@@ -28,7 +28,7 @@ median-rate run among the unflagged ones (all runs if every one was flagged).
 Prosody does when two component processes connect with the same JID (default policy, and
 ``component_conflict_resolve = "kick_old"``), each on a Prosody of its own.
 
-Run (from the repository root; ~1 minute with the defaults, ~2 with ``--scaling``)::
+Run (from the repository root; ~1 minute with the defaults, ~3 with ``--scaling --profile``)::
 
     .venv/bin/python bench/throughput.py                      # ours, prosody, both ceilings
     .venv/bin/python bench/throughput.py --scaling            # + iqdisc modes, 2 components
@@ -73,7 +73,6 @@ class BenchError(RuntimeError):
 class Target:
     """One service under load: ``processes`` (name → pid) are the ones whose CPU is reported."""
 
-    key: str
     label: str
     jid: str
     component: ComponentProcess | None = None
@@ -132,16 +131,16 @@ def measure(
     }
 
 
-def wait_for_quiet(limit: float, window: float = 0.5) -> float:
+def wait_for_quiet(limit: float, window: float = 0.5) -> None:
     """Between runs our own processes are idle: wait (at most ``limit`` seconds) until the
-    machine's other load drops under :data:`FOREIGN_WARNING` cores; returns the last reading."""
+    machine's other load drops under :data:`FOREIGN_WARNING` cores."""
     deadline = time.monotonic() + limit
     while True:
         before = machine_busy_seconds()
         time.sleep(window)
         busy = (machine_busy_seconds() - before) / window
         if busy < FOREIGN_WARNING or time.monotonic() >= deadline:
-            return busy
+            return
 
 
 def run_rounds(client: LoadClientProcess, prosody: Prosody, targets: list[Target], args: argparse.Namespace) -> None:
@@ -202,7 +201,7 @@ def start_components(client: LoadClientProcess, targets: list[Target]) -> None:
 def ours_target(prosody: Prosody, work: Path, iqdisc: str, jid: str) -> Target:
     name = jid.partition(".")[0]
     config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid)
-    return Target(f"ours:{iqdisc}", f"ours ({iqdisc})", jid, harness.ours_process(name, config, work))
+    return Target(f"ours ({iqdisc})", jid, harness.ours_process(name, config, work))
 
 
 def variant_jid(iqdisc: str) -> str:
@@ -214,14 +213,12 @@ def variant_jid(iqdisc: str) -> str:
 
 
 def find_py_spy(option: str) -> str | None:
-    import shutil
+    """``option`` unless "auto"; else next to the interpreter, in /tmp/bench-tools/bin, on PATH."""
+    from servers import _find_binary
 
     if option and option != "auto":
         return option
-    for candidate in (Path(sys.executable).parent / "py-spy", Path("/tmp/bench-tools/bin/py-spy")):
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("py-spy")
+    return _find_binary("py-spy", extra_dirs=["/tmp/bench-tools/bin"])
 
 
 def profile_component(client: LoadClientProcess, pid: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -406,6 +403,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.target_list) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.profile and "ours" not in args.target_list and not args.scaling:
+        parser.error("--profile profiles 'ours': add it to --targets (or use --scaling)")
     harness.iqdisc_toml(args.iqdisc)  # validates
     return args
 
@@ -413,10 +412,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     needs_ours = "ours" in args.target_list or args.scaling
-    if needs_ours and not harness.serve_available():
-        print("slixmpp_http_upload/serve.py does not exist yet: skipping 'ours' and --scaling", file=sys.stderr)
-        args.target_list = [t for t in args.target_list if t != "ours"]
-        args.scaling = False
     document: dict[str, Any] = {
         "benchmark": "throughput",
         "machine": harness.machine(),
@@ -434,12 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if needs_ours:
                 targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID)
-            targets["prosody"] = Target("prosody", "prosody mod_http_file_share", Prosody.share_jid)
+            targets["prosody"] = Target("prosody mod_http_file_share", Prosody.share_jid)
             targets["ceiling"] = Target(
-                "ceiling", "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)
+                "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)
             )
             targets["ceiling_slot"] = Target(
-                "ceiling_slot",
                 "ceiling, slot-sized reply",
                 CEILING_SLOT_JID,
                 harness.trivial_process("ceiling_slot", prosody, work, CEILING_SLOT_JID, slot=True),
@@ -487,7 +481,7 @@ def scaling(
 ) -> list[dict[str, Any]]:
     """Ours under every iqdisc, each its own component process at its own JID, interleaved."""
     print("\nours under each iqdisc:")
-    fresh = [Target(t.key, t.label, t.jid, t.component) for t in targets]
+    fresh = [Target(t.label, t.jid, t.component) for t in targets]
     run_rounds(client, prosody, fresh, args)
     rows = [representative(t) for t in fresh]
     print_table(rows)
