@@ -1,4 +1,5 @@
-"""``serve``: configuration checks, a refused secret, signals, and the metrics endpoint.
+"""``serve``: configuration checks, a refused secret, signals, the metrics endpoint, and servers
+that stall or shut down.
 
 The component runs as ``python -m slixmpp_http_upload serve`` against the shared Prosody. Its S3
 backend points at a bucket that is never contacted: making a slot does no I/O.
@@ -166,6 +167,49 @@ async def test_a_server_that_never_completes_the_handshake_is_retried() -> None:
             await asyncio.sleep(0.05)
         assert len(opened) >= 2, "no second connection"
         assert dropped and dropped[0] is opened[0], "the silent connection was not dropped"
+    finally:
+        task.cancel()
+        await link.close()
+        server.close()
+        await server.wait_closed()
+
+
+# --------------------------------------------------------------- a server shutting down
+
+
+async def test_a_server_shutting_down_is_connected_to_again(caplog: pytest.LogCaptureFixture) -> None:
+    """<system-shutdown/> is not a refusal: the link says why the session ended and connects again."""
+    sessions: list[asyncio.StreamWriter] = []
+
+    async def shutting_down(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sessions.append(writer)
+        await reader.readuntil(b">")  # the stream header
+        writer.write(
+            b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'"
+            b" from='" + UPLOAD_JID.encode() + b"' id='s1'>"
+        )
+        await reader.readuntil(b"</handshake>")  # any secret will do
+        writer.write(b"<handshake/>")
+        writer.write(
+            b"<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+            b"</stream:stream>"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(shutting_down, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = Link(ComponentXMPP(UPLOAD_JID, "secret", "127.0.0.1", port), "127.0.0.1", port)
+    caplog.set_level("INFO", logger="slixmpp_http_upload.serve")
+    task = asyncio.create_task(link.run())
+    try:
+        deadline = time.monotonic() + 10
+        while len(sessions) < 2 and time.monotonic() < deadline:  # then 1 s of back-off
+            await asyncio.sleep(0.05)
+        assert len(sessions) >= 2, caplog.text
+        assert not task.done(), "a server shutting down must not stop the component"
+        assert f"component {UPLOAD_JID}: connected to 127.0.0.1:{port}" in caplog.text
+        assert "the server closed the stream (system-shutdown); connecting again in 1 s" in caplog.text
     finally:
         task.cancel()
         await link.close()
