@@ -8,11 +8,13 @@ backend points at a bucket that is never contacted: making a slot does no I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,32 @@ async def test_metrics_endpoint_counts_slots_and_refusals(
     assert await asyncio.to_thread(process.wait, 5) == 0
 
 
-# --------------------------------------------------------------- a silent server
+# --------------------------------------------------------------- fake servers
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def link_to(handler: Handler, **link_options: float) -> AsyncIterator[tuple[asyncio.Task[None], int]]:
+    """A running :class:`Link` (its task, and the port) to a server on 127.0.0.1 whose every
+    connection ``handler`` serves; all stopped on exit."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = Link(ComponentXMPP(UPLOAD_JID, "secret", "127.0.0.1", port), "127.0.0.1", port, **link_options)
+    task = asyncio.create_task(link.run())
+    try:
+        yield task, port
+    finally:
+        task.cancel()
+        await link.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def until_connected_twice(connections: list[asyncio.StreamWriter], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(connections) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def test_a_server_that_never_completes_the_handshake_is_retried() -> None:
@@ -157,24 +184,10 @@ async def test_a_server_that_never_completes_the_handshake_is_retried() -> None:
         dropped.append(writer)
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    link = Link(ComponentXMPP(UPLOAD_JID, "secret", "127.0.0.1", port), "127.0.0.1", port, handshake_timeout=0.3)
-    task = asyncio.create_task(link.run())
-    try:
-        deadline = time.monotonic() + 10
-        while len(opened) < 2 and time.monotonic() < deadline:  # 0.3 s, then 1 s of back-off
-            await asyncio.sleep(0.05)
+    async with link_to(silent, handshake_timeout=0.3):
+        await until_connected_twice(opened)  # 0.3 s, then 1 s of back-off
         assert len(opened) >= 2, "no second connection"
         assert dropped and dropped[0] is opened[0], "the silent connection was not dropped"
-    finally:
-        task.cancel()
-        await link.close()
-        server.close()
-        await server.wait_closed()
-
-
-# --------------------------------------------------------------- a server shutting down
 
 
 async def test_a_server_shutting_down_is_connected_to_again(caplog: pytest.LogCaptureFixture) -> None:
@@ -197,21 +210,10 @@ async def test_a_server_shutting_down_is_connected_to_again(caplog: pytest.LogCa
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(shutting_down, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    link = Link(ComponentXMPP(UPLOAD_JID, "secret", "127.0.0.1", port), "127.0.0.1", port)
     caplog.set_level("INFO", logger="slixmpp_http_upload.serve")
-    task = asyncio.create_task(link.run())
-    try:
-        deadline = time.monotonic() + 10
-        while len(sessions) < 2 and time.monotonic() < deadline:  # then 1 s of back-off
-            await asyncio.sleep(0.05)
+    async with link_to(shutting_down) as (task, port):
+        await until_connected_twice(sessions)  # 1 s of back-off
         assert len(sessions) >= 2, caplog.text
         assert not task.done(), "a server shutting down must not stop the component"
         assert f"component {UPLOAD_JID}: connected to 127.0.0.1:{port}" in caplog.text
         assert "the server closed the stream (system-shutdown); connecting again in 1 s" in caplog.text
-    finally:
-        task.cancel()
-        await link.close()
-        server.close()
-        await server.wait_closed()
