@@ -17,7 +17,7 @@ from .config import Config, config_path, load_config
 from .options import ConfigError
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
-from .slot import MAX_SIZE_DIGITS, BadRequest, FileTooLarge, make_request
+from .slot import BadRequest, FileTooLarge, make_request
 
 PROG = "slixmpp-http-upload"
 
@@ -26,26 +26,26 @@ class Refused(Exception):
     """The command refuses its input; ``str()`` is the message."""
 
 
-def positive_integer(name: str, value: str, high: int | None = None) -> int:
-    digits = value.isascii() and value.isdigit() and len(value) <= MAX_SIZE_DIGITS
-    if not digits or int(value) < 1 or (high is not None and int(value) > high):
-        bound = f" no larger than {high}" if high is not None else ""
-        raise Refused(f"{name} must be a positive integer{bound}, got {value!r}")
+def expiration_time(value: str) -> int:
+    """EXPIRATION: whole seconds, 1 to :data:`MAX_EXPIRES`."""
+    short_digits = value.isascii() and value.isdigit() and len(value) <= len(str(MAX_EXPIRES))
+    if not short_digits or not 1 <= int(value) <= MAX_EXPIRES:
+        raise Refused(f"EXPIRATION must be a positive integer no larger than {MAX_EXPIRES}, got {value!r}")
     return int(value)
 
 
 def command_urls(args: argparse.Namespace, config: Config) -> int:
     """Print a slot's URLs, like ``mongooseimctl http_upload``."""
     domains = config.component.domains
-    if domains and args.domain.lower() not in domains:
+    domain = args.domain.lower()
+    if domains and domain not in domains:
         raise Refused(f"{args.domain!r} is not a served domain (component.domains: {', '.join(domains)})")
-    size = positive_integer("SIZE", args.size)
-    expiration = positive_integer("EXPIRATION", args.expiration, MAX_EXPIRES)
+    expiration = expiration_time(args.expiration)
     settings = dataclasses.replace(config.http_upload, expiration_time=expiration)
     backend = create_backend(settings)
     try:
         request = make_request(
-            args.filename, size, args.content_type, domain=args.domain.lower(), max_file_size=settings.max_file_size
+            args.filename, args.size, args.content_type, domain=domain, max_file_size=settings.max_file_size
         )
     except (BadRequest, FileTooLarge) as error:
         raise Refused(str(error)) from None

@@ -84,11 +84,12 @@ def test_domain_is_case_insensitive_and_size_up_to_max(config):
 @pytest.mark.parametrize(
     "args, message",
     [
-        *[(("example.org", "f.txt", size, "", "60"), f"SIZE must be a positive integer, got {size!r}")
-          for size in ["0", "-1", "1.5", "abc", "", "１", "9" * 5000]],
+        *[(("example.org", "f.txt", size, "", "60"), "The size is missing or not a positive decimal integer.")
+          for size in ["0", "-1", "1.5", "abc", "", "１"]],
+        (("example.org", "f.txt", "9" * 5000, "", "60"), "The size has more than 20 digits."),
         *[(("example.org", "f.txt", "10", "", expiration),
            f"EXPIRATION must be a positive integer no larger than 604800, got {expiration!r}")
-          for expiration in ["0", "-1", "1.5", "abc", "604801"]],
+          for expiration in ["0", "-1", "1.5", "abc", "604801", "9" * 5000]],
         (("example.org", "f.txt", "1001", "", "60"), "Declared file size exceeds the host's maximum file size."),
         (("example.com", "f.txt", "10", "", "60"),
          "'example.com' is not a served domain (component.domains: example.org, example.net)"),
