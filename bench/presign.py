@@ -84,7 +84,7 @@ def floor(backend: S3Backend) -> Candidate:
     now = time.time()
     date = sigv4.amz_date(now)
     scope = sigv4.credential_scope(date[:8], REGION, "s3")
-    block, signed = backend.put_headers(REQUEST)
+    block, signed = backend.signed_put_headers(REQUEST)
     query = sigv4.canonical_query_string(
         [
             ("X-Amz-Algorithm", sigv4.ALGORITHM),

@@ -34,6 +34,7 @@ from .sigv4 import MAX_EXPIRES
 
 CONFIG_ENV = "SLIXMPP_HTTP_UPLOAD_CONFIG"
 HOST_PLACEHOLDER = "@HOST@"
+DEFAULT_BACKEND = "s3"
 IQDISC_TYPES = ("no_queue", "one_queue", "parallel", "queues")
 
 
@@ -102,8 +103,8 @@ def _table(value: Any) -> Mapping[str, Any]:
 
 
 UPLOAD_OPTIONS = (
-    Option("host", "upload.@HOST@", _host_template),
-    Option("backend", "s3", text),
+    Option("host", f"upload.{HOST_PLACEHOLDER}", _host_template),
+    Option("backend", DEFAULT_BACKEND, text),
     Option("expiration_time", 60, integer(1, MAX_EXPIRES)),
     Option("token_bytes", 32, integer(16, 256)),
     Option("max_file_size", 10485760, _max_file_size),
@@ -113,7 +114,7 @@ UPLOAD_OPTIONS = (
     Option("allow", frozenset(), _jid_or_domain_list),
     Option("deny", frozenset(), _jid_or_domain_list),
 )
-"""The ``[http_upload]`` table. ``queue_size`` bounds the requests waiting for a worker;
+"""The ``[http_upload]`` table. ``queue_size`` bounds the requests waiting in each queue;
 ``allow``/``deny`` add or remove bare JIDs and domains to or from the default (the served
 domain's own users); ``legacy_namespaces`` also serves the pre-1.0 dialects of XEP-0363."""
 
@@ -186,7 +187,7 @@ def parse_upload_settings(raw: Mapping[str, Any], path: str = "http_upload") -> 
     """Check an ``[http_upload]`` table (or the plugin's config dict)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(path, "must be a table")
-    backend = raw.get("backend", "s3")
+    backend = raw.get("backend", DEFAULT_BACKEND)
     if any(option.name == backend for option in UPLOAD_OPTIONS):
         raise ConfigError(f"{path}.backend", f"cannot be {backend!r}, the name of an option")
     # secret=True: a scalar where the table belongs may well be a key; only its type is shown

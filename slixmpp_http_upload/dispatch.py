@@ -9,8 +9,8 @@
                requests stay in order while different users go in parallel
 =============  ===========================================================================
 
-Every kind holds at most ``queue_size`` waiting (or, for tasks, running) requests;
-:meth:`submit` returns False beyond that, and the plugin answers ``wait/resource-constraint``.
+Each queue (``queues``: each of the N) holds at most ``queue_size`` waiting requests, and the
+task kinds at most ``queue_size`` running ones; :meth:`submit` returns False beyond that, and the plugin answers ``wait/resource-constraint``.
 """
 
 from __future__ import annotations

@@ -86,9 +86,8 @@ def integer(low: int, high: int | None = None) -> Check:
     wanted = f"an integer from {low} to {high}" if high is not None else f"an integer ≥ {low}"
 
     def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be {wanted}")
-        if value < low or (high is not None and value > high):
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if not is_int or value < low or (high is not None and value > high):
             raise ValueError(f"must be {wanted}")
         return value
 

@@ -198,8 +198,6 @@ class HttpUploadServer(BasePlugin):
             if verdict:
                 return self._refuse(iq, "policy", "auth", "forbidden", verdict)
             slot = await self.backend.create_slot(request)
-            if slot.put_headers and not dialect.attributes:
-                raise ValueError(f"the slot needs PUT headers, which {dialect.namespace} cannot carry")
             reply = iq.reply(clear=True)
             reply.append(dialect.slot_element(slot))
             reply.send()

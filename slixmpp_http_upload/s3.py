@@ -204,12 +204,12 @@ class S3Backend:
 
     def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
         """The presigned query string of the PUT of ``request`` to the encoded ``key_path``."""
-        header_block, signed_headers = self.put_headers(request)
+        header_block, signed_headers = self.signed_put_headers(request)
         return self.presigner.presign(
             "PUT", key_path, header_block, signed_headers, self.expiration_time, now=now, extra_params=self.put_params
         )
 
-    def put_headers(self, request: SlotRequest) -> tuple[str, str]:
+    def signed_put_headers(self, request: SlotRequest) -> tuple[str, str]:
         """What :func:`~slixmpp_http_upload.sigv4.canonical_headers` makes of the headers a
         PUT signs, written out in their sorted order: this runs for every slot."""
         if request.content_type:

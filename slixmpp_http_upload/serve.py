@@ -130,8 +130,6 @@ def make_component(config: Config, domain: str, backend: Backend) -> ComponentXM
     settings = config.http_upload
     component = config.component
     xmpp = ComponentXMPP(settings.service_jid(domain), component.secret, component.server, component.port)
-    for name in ("xep_0030", "xep_0004", "xep_0128"):
-        xmpp.register_plugin(name)
     xmpp.register_plugin("http_upload_server", {"settings": settings, "domain": domain, "backend_instance": backend})
     size = "unlimited" if settings.max_file_size is None else f"{settings.max_file_size} bytes"
     iqdisc = settings.iqdisc.type

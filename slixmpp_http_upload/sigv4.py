@@ -1,7 +1,8 @@
 """AWS Signature Version 4, query-string form ("presigned URLs"), on hashlib and hmac.
 
 Each step of the algorithm is a small function named after it in the AWS documentation;
-:func:`presign_query` chains them. The day's signing key is cached.
+:meth:`Presigner.presign` chains them, caching what changes only once a day or once a second.
+:func:`presign_query` is a one-off presign.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -73,7 +73,6 @@ def string_to_sign(date: str, scope: str, request: str) -> str:
     return f"{ALGORITHM}\n{date}\n{scope}\n{digest}"
 
 
-@lru_cache(maxsize=32)
 def signing_key(secret_access_key: str, day: str, region: str, service: str) -> bytes:
     """The HMAC chain ``"AWS4"+secret → day → region → service → aws4_request``; changes once a day."""
     key = ("AWS4" + secret_access_key).encode()
@@ -93,8 +92,8 @@ def signature(keyed: hmac.HMAC, to_sign: str) -> str:
 class Presigner:
     """Presigns requests for one access key, region and service.
 
-    What does not depend on the request is cached: the signing key for the day, the date and
-    scope for the second, and the canonical query string for each signed-header list. A
+    What does not depend on the request is cached: the signing key and scope for the day, the
+    date for the second, and the canonical query string for each signed-header list. A
     presign is then one SHA-256 and one HMAC over strings joined once.
     """
 

@@ -67,6 +67,8 @@ class Dialect:
             for name, value in slot.put_headers:
                 header = ET.SubElement(put, f"{{{ns}}}header", name=name)
                 header.text = value
+        elif slot.put_headers:
+            raise ValueError(f"the slot needs PUT headers, which {ns} cannot carry")
         else:
             put.text = slot.put_url
             get.text = slot.get_url

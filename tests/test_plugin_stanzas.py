@@ -457,8 +457,10 @@ class TestSlots(UploadTest):
 
     def test_legacy_dialect_cannot_carry_headers(self) -> None:
         self.start(backend_instance=FixedBackend([("Authorization", "Basic x")]))
-        self.recv(request_xml("1", ns=NS_V02))
-        self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
+        with self.assertLogs("slixmpp_http_upload.plugin", logging.ERROR) as logs:
+            self.recv(request_xml("1", ns=NS_V02))
+            self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
+        self.assertIn(f"the slot needs PUT headers, which {NS_V02} cannot carry", logs.output[0])
 
     def test_legacy_request_without_legacy_namespaces(self) -> None:
         self.start(legacy_namespaces=False)

@@ -105,12 +105,21 @@ def test_amz_date_is_utc_whole_seconds():
     assert sigv4.amz_date(0) == "19700101T000000Z"
 
 
-def test_signing_key_is_cached_per_day_and_region():
-    first = sigv4.signing_key("cache-test-secret", "20240101", "eu-west-1", "s3")
-    assert sigv4.signing_key("cache-test-secret", "20240101", "eu-west-1", "s3") is first
-    assert sigv4.signing_key("cache-test-secret", "20240102", "eu-west-1", "s3") != first
-    assert sigv4.signing_key("cache-test-secret", "20240101", "us-east-1", "s3") != first
-    assert len(first) == 32
+def test_signing_key_matches_the_aws_example():
+    # AWS's worked example of deriving a signing key (the IAM service, 2012-02-15).
+    key = sigv4.signing_key("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20120215", "us-east-1", "iam")
+    assert key.hex() == "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+
+
+def test_presigner_derives_the_signing_key_once_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    days: list[str] = []
+    derive = sigv4.signing_key
+    monkeypatch.setattr(sigv4, "signing_key", lambda secret, day, *rest: days.append(day) or derive(secret, day, *rest))
+    presigner = sigv4.Presigner(AWS_DOC, "us-east-1")
+    midnight = timegm((2024, 1, 1, 0, 0, 0))
+    for now in (midnight, midnight + 1, midnight + 86399, midnight + 86400, midnight + 86401):
+        presigner.presign("PUT", "/key", "host:h\n", "host", 60, now=now)
+    assert days == ["20240101", "20240102"]
 
 
 @pytest.mark.parametrize(
