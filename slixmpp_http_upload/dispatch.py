@@ -76,11 +76,15 @@ class QueueDispatcher:
         self.workers: list[asyncio.Task[None]] = []
         self.count = workers
 
+    def queue_index(self, key: str) -> int:
+        """Which queue ``key`` (a requester's bare JID) always goes to."""
+        return hash(key) % self.count
+
     def submit(self, key: str, job: Job) -> bool:
         if not self.queues:  # started on first use, inside the running loop
             self.queues = [asyncio.Queue(self.limit) for _ in range(self.count)]
             self.workers = [asyncio.ensure_future(self._work(queue)) for queue in self.queues]
-        queue = self.queues[hash(key) % self.count]
+        queue = self.queues[self.queue_index(key)]
         try:
             queue.put_nowait(job)
         except asyncio.QueueFull:

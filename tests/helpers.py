@@ -19,6 +19,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 
 from servers import Ejabberd, Prosody, SeaweedFS, anonymous_request
 from slixmpp_http_upload import cli
+from slixmpp_http_upload.dispatch import QueueDispatcher
 from slixmpp_http_upload.slot import BadRequest, check_filename
 
 DOMAIN = "localhost"  # the test servers' host, and the domain the configurations serve
@@ -69,8 +70,11 @@ def write_s3_config(
     return str(write_toml(directory / "config.toml", document))
 
 
-def serve_config(prosody: XmppServer, seaweedfs: SeaweedFS, *, max_file_size: int) -> dict[str, Any]:
-    """A ``serve`` configuration: the component of ``prosody``, slots on ``seaweedfs``."""
+def serve_config(
+    prosody: XmppServer, s3: Mapping[str, str], *, max_file_size: int, **tables: Any
+) -> dict[str, Any]:
+    """A ``serve`` configuration: the component of ``prosody``, slots from the ``[http_upload.s3]``
+    table ``s3`` (such as :func:`seaweedfs_s3`'s), and further top-level ``tables``."""
     return {
         "component": {
             "server": "127.0.0.1",
@@ -81,8 +85,9 @@ def serve_config(prosody: XmppServer, seaweedfs: SeaweedFS, *, max_file_size: in
         "http_upload": {
             "max_file_size": max_file_size,
             "expiration_time": 300,
-            "s3": seaweedfs_s3(seaweedfs),
+            "s3": s3,
         },
+        **tables,
     }
 
 
@@ -92,6 +97,19 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     with redirect_stdout(out), redirect_stderr(err):
         status = cli.main(list(args))
     return status, out.getvalue(), err.getvalue()
+
+
+def awk_field(output: str, pattern: str) -> list[str]:
+    """``awk '/<pattern>/ {print $2}'``, the README's recipe: the second whitespace-separated
+    field of each line containing ``pattern``."""
+    return [line.split()[1] for line in output.splitlines() if pattern in line]
+
+
+def key_on_another_queue(key: str, workers: int) -> str:
+    """A local bare JID that a ``queues`` dispatcher of ``workers`` puts on another queue than ``key``."""
+    dispatcher = QueueDispatcher(workers, limit=1)
+    candidates = (f"user{n}@localhost" for n in range(1000))
+    return next(c for c in candidates if dispatcher.queue_index(c) != dispatcher.queue_index(key))
 
 
 # --------------------------------------------------------------- file names

@@ -38,13 +38,11 @@ __all__ = [
     "Ejabberd",
     "ServerError",
     "anonymous_request",
-    "make_s3_client",
     "LOOPBACK",
     "find_weed",
     "find_prosody",
     "find_ejabberd",
     "free_ports",
-    "make_test_certificates",
 ]
 
 LOOPBACK = "127.0.0.1"

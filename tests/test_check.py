@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import re
 import secrets
+import socket
 from pathlib import Path
 
 import pytest
 
 from helpers import run_cli, write_s3_config
-from servers import SeaweedFS, free_ports
+from servers import SeaweedFS
 from slixmpp_http_upload import check
 from slixmpp_http_upload.check import HttpAnswer
 from slixmpp_http_upload.s3 import S3Backend, parse_bucket_url
@@ -105,9 +106,11 @@ def test_check_names_a_missing_bucket(tmp_path: Path, seaweedfs: SeaweedFS) -> N
 
 
 def test_check_names_a_server_that_is_down(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
-    (port,) = free_ports(1)
-    config = write_config(tmp_path, seaweedfs, bucket_url=f"http://127.0.0.1:{port}/upload")
-    status, lines = run_check(config, seaweedfs.secret_key)
+    with socket.socket() as bound:  # held, never listening: nothing else can take the port
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        config = write_config(tmp_path, seaweedfs, bucket_url=f"http://127.0.0.1:{port}/upload")
+        status, lines = run_check(config, seaweedfs.secret_key)
 
     assert status == 1, lines
     put = step(lines, "put")

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from helpers import run_cli
+from helpers import awk_field, run_cli
 from slixmpp_http_upload.cli import main
 
 CONFIG = """\
@@ -33,11 +33,6 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(CONFIG, encoding="utf-8")
     return path
-
-
-def awk_field(output: str, pattern: str) -> list[str]:
-    """``awk '/<pattern>/ {print $2}'``: the second whitespace-separated field of matching lines."""
-    return [line.split()[1] for line in output.splitlines() if pattern in line]
 
 
 def urls(config: Path, *args: str) -> tuple[int, str, str]:

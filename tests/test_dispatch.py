@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from helpers import AsyncioErrors
+from helpers import AsyncioErrors, key_on_another_queue
 
 from slixmpp_http_upload.config import IqDisc
 from slixmpp_http_upload.dispatch import EAGER_TASKS, Job, QueueDispatcher, TaskDispatcher, make_dispatcher, start_task
@@ -86,15 +86,6 @@ class Recorder:
         return [entry.split()[1] for entry in self.log if entry.startswith("end ")]
 
 
-def keys_on_different_queues(workers: int) -> tuple[str, str]:
-    first = "alice@localhost"
-    for n in range(1000):
-        other = f"user{n}@localhost"
-        if hash(other) % workers != hash(first) % workers:
-            return first, other
-    raise AssertionError("no key on another queue")
-
-
 # ------------------------------------------------------------------------------ factory
 
 
@@ -131,7 +122,7 @@ async def test_queue_starts_lazily_and_keeps_order() -> None:
 
 
 async def test_queues_same_key_in_order_other_key_overtakes() -> None:
-    first, other = keys_on_different_queues(4)
+    first, other = "alice@localhost", key_on_another_queue("alice@localhost", 4)
     dispatcher = QueueDispatcher(4, 100)
     rec = Recorder()
     dispatcher.submit(first, rec.job("slow", 0.05))
@@ -162,7 +153,7 @@ async def test_queue_limit_counts_waiting_requests() -> None:
 
 
 async def test_queue_limit_is_per_queue() -> None:
-    first, other = keys_on_different_queues(2)
+    first, other = "alice@localhost", key_on_another_queue("alice@localhost", 2)
     dispatcher = QueueDispatcher(2, 1)
     rec = Recorder()
     assert dispatcher.submit(first, rec.gate("a"))

@@ -31,7 +31,7 @@ import pytest
 from slixmpp import JID, ComponentXMPP
 from slixmpp.test import SlixTest
 
-from helpers import AsyncioErrors
+from helpers import AsyncioErrors, key_on_another_queue
 import slixmpp_http_upload
 from slixmpp_http_upload import ConfigError, HttpUploadServer, Slot, SlotRequest, TryLater
 from slixmpp_http_upload.dispatch import EAGER_TASKS
@@ -394,7 +394,6 @@ class TestDisco(UploadTest):
             self.xmpp.event("session_bind", JID(SERVICE))
             self.xmpp.event("session_bind", SERVICE)  # str or JID, both seen
             self.xmpp.event("session_start")
-            self.xmpp.plugin["http_upload_server"].post_init()
         self.recv(disco_query("d1"))
         self.expect(disco_xml("d1"))
         self.recv(disco_query("d2"))
@@ -756,15 +755,6 @@ class TestClientBot(UploadTest):
 # -------------------------------------------------------------------------------- iqdisc
 
 
-def other_queue_user(user: str, workers: int) -> str:
-    """A local bare JID that the ``queues`` dispatcher puts on another worker than ``user``."""
-    for n in range(1000):
-        candidate = f"user{n}@localhost"
-        if hash(candidate) % workers != hash(user) % workers:
-            return candidate
-    raise AssertionError("no JID on another queue")
-
-
 class TestIqDisc(UploadTest):
     def send_all(self, requests: Iterable[str]) -> None:
         for xml in requests:
@@ -798,7 +788,7 @@ class TestIqDisc(UploadTest):
         self.assertEqual(self.sent_ids(2), ["fast", "slow"])
 
     def test_queues_per_requester_order(self) -> None:
-        other = other_queue_user("alice@localhost", 4)
+        other = key_on_another_queue("alice@localhost", 4)
         self.start(iqdisc={"type": "queues", "workers": 4}, backend_instance=DelayBackend({"a-slow": 0.1}))
         self.send_all(
             [

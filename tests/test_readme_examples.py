@@ -4,7 +4,6 @@ serves slots once installed through the entry-point group."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import importlib
@@ -135,24 +134,7 @@ def test_readme_backend_checks_its_options(
 # --- the bot ----------------------------------------------------------------------------------
 
 
-async def online(client: slixmpp.ClientXMPP, prosody) -> slixmpp.ClientXMPP:
-    """Connect ``client`` to the test Prosody over plaintext loopback and wait for its session."""
-    client.enable_direct_tls = False
-    client.plugin["feature_mechanisms"].unencrypted_scram = True
-    started = asyncio.get_running_loop().create_future()
-    client.add_event_handler("session_start", lambda _: started.done() or started.set_result(None))
-    client.connect(host="127.0.0.1", port=prosody.c2s_port)
-    await asyncio.wait_for(started, 15)
-    return client
-
-
-async def offline(*clients: slixmpp.ClientXMPP) -> None:
-    for client in clients:
-        client.disconnect()
-        await asyncio.wait_for(client.disconnected, 10)
-
-
-async def test_two_readme_bots_each_answer_with_their_own_limit(prosody, seaweedfs) -> None:
+async def test_two_readme_bots_each_answer_with_their_own_limit(prosody, seaweedfs, xmpp_clients) -> None:
     namespace: dict = {}
     exec(compile(readme_block("make_upload_bot"), "README.rst", "exec"), namespace)
     make_upload_bot = namespace["make_upload_bot"]
@@ -160,26 +142,23 @@ async def test_two_readme_bots_each_answer_with_their_own_limit(prosody, seaweed
     s3 = seaweedfs_s3(seaweedfs)
     limits = {"alice": 1000, "bob": 2000}
     bots = {
-        user: await online(make_upload_bot(f"{prosody.jid(user)}/bot", prosody.users[user], s3, limit), prosody)
+        user: await xmpp_clients.login(
+            make_upload_bot(f"{prosody.jid(user)}/bot", prosody.users[user], s3, limit), prosody
+        )
         for user, limit in limits.items()
     }
-    carol = slixmpp.ClientXMPP(prosody.jid("carol") + "/phone", "carol-password")
-    carol.register_plugin("xep_0030")
-    await online(carol, prosody)
-    try:
-        for user, limit in limits.items():
-            bot_jid = bots[user].boundjid.full
-            info = await carol.plugin["xep_0030"].get_info(jid=bot_jid, timeout=10)
-            assert f"<value>{limit}</value>" in str(info), str(info)
-            ok = await request_slot(carol, bot_jid, limit)
-            assert ok["type"] == "result"
-            with pytest.raises(IqError) as refused:
-                await request_slot(carol, bot_jid, limit + 1)
-            error = refused.value.iq["error"]
-            assert (error["type"], error["condition"]) == ("modify", "not-acceptable")
-            assert f"<max-file-size>{limit}</max-file-size>" in str(refused.value.iq)
-    finally:
-        await offline(carol, *bots.values())
+    carol = await xmpp_clients.connect(prosody, "carol")
+    for user, limit in limits.items():
+        bot_jid = bots[user].boundjid.full
+        info = await carol.plugin["xep_0030"].get_info(jid=bot_jid, timeout=10)
+        assert f"<value>{limit}</value>" in str(info), str(info)
+        ok = await request_slot(carol, bot_jid, limit)
+        assert ok["type"] == "result"
+        with pytest.raises(IqError) as refused:
+            await request_slot(carol, bot_jid, limit + 1)
+        error = refused.value.iq["error"]
+        assert (error["type"], error["condition"]) == ("modify", "not-acceptable")
+        assert f"<max-file-size>{limit}</max-file-size>" in str(refused.value.iq)
 
 
 async def request_slot(client: slixmpp.ClientXMPP, to: str, size: int):

@@ -1,7 +1,7 @@
 """The ``urls`` command's slots against a real S3 server (SeaweedFS).
 
 Every slot comes from the real CLI (``slixmpp-http-upload urls -c CONFIG ...``) and its URLs
-are taken from the output the way the seed's shell recipe does (``awk '/^PutURL:/ {print $2}'``).
+are taken from the output the way the README's shell recipe does (``awk '/PutURL:/ {print $2}'``).
 The uploads use ``http.client`` directly, so exactly the headers a test names are sent: a
 standard XEP-0363 client sends Content-Type (when it declared one) and Content-Length, nothing
 else.
@@ -23,19 +23,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers import DOMAIN, accepted_filenames, run_cli, write_s3_config
+from helpers import DOMAIN, accepted_filenames, awk_field, run_cli, write_s3_config
 from servers import SeaweedFS
 from slixmpp_http_upload.s3 import object_name
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def field(output: str, label: str) -> str:
-    """The 2nd whitespace-separated field of the line starting with ``label``, like awk."""
-    values = [line.split()[1] for line in output.splitlines() if line.startswith(label)]
-    assert len(values) == 1, f"expected one {label!r} line in {output!r}"
-    return values[0]
 
 
 def slot_urls(config: str, filename: str, size: int, content_type: str, expiration: int = 300) -> tuple[str, str]:
@@ -46,7 +39,8 @@ def slot_urls(config: str, filename: str, size: int, content_type: str, expirati
     status, out, err = run_cli("urls", "-c", config, *separator, *positionals)
     assert status == 0, err
     assert err == ""
-    return field(out, "PutURL:"), field(out, "GetURL:")
+    [put_url], [get_url] = awk_field(out, "PutURL:"), awk_field(out, "GetURL:")
+    return put_url, get_url
 
 
 def request(

@@ -104,4 +104,4 @@ async def test_prosody_restart_keeps_ports_and_accounts() -> None:
         assert await _login(server, "carol", "carol-password")
     finally:
         server.stop()
-    assert not server.running
+    assert not _port_open(server.c2s_port)  # really stopped, not just forgotten

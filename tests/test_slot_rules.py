@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from slixmpp import JID
 
 from slixmpp_http_upload.slot import BadRequest, FileTooLarge, Slot, make_request
 
@@ -103,8 +104,9 @@ def test_max_file_size():
 
 
 def test_request_keeps_domain_and_requester():
-    made = make_request("f", 1, None, domain="example.org", max_file_size=None, requester=None)
-    assert (made.domain, made.requester) == ("example.org", None)
+    alice = JID("alice@example.org/phone")
+    made = make_request("f", 1, None, domain="example.org", max_file_size=None, requester=alice)
+    assert (made.domain, made.requester) == ("example.org", alice)
 
 
 @pytest.mark.parametrize("name", ["Authorization", "cookie", "EXPIRES"])
