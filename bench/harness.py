@@ -32,6 +32,10 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 OURS_JID = "upload.localhost"
 CEILING_JID = "ceiling.localhost"
 CEILING_SLOT_JID = "ceiling-slot.localhost"
+BUCKET_URL = "http://127.0.0.1:9/bucket"  # never contacted: presigning does no I/O
+REGION = "us-east-1"
+ACCESS_KEY = "AKIDBENCHMARK0000000"  # trivial_component.py's canned slot has one as long
+SECRET_KEY = "bench-secret-not-a-real-key"
 
 # Prosody's defaults would refuse our load: mod_storage_internal keeps at most 10 000 archive
 # items per store (mod_http_file_share records every slot in one), and each user may only
@@ -237,10 +241,10 @@ def write_ours_config(path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS
                 f"iqdisc = {iqdisc_toml(iqdisc)}",
                 "",
                 "[http_upload.s3]",
-                f'bucket_url = "http://{LOOPBACK}:9/bucket"',
-                'region = "us-east-1"',
-                'access_key_id = "AKIDBENCHMARK0000000"',
-                'secret_access_key = "bench-secret-not-a-real-key"',
+                f'bucket_url = "{BUCKET_URL}"',
+                f'region = "{REGION}"',
+                f'access_key_id = "{ACCESS_KEY}"',
+                f'secret_access_key = "{SECRET_KEY}"',
                 "",
             ]
         )

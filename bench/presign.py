@@ -44,10 +44,7 @@ from slixmpp_http_upload.s3 import S3Backend, parse_bucket_url
 from slixmpp_http_upload.sigv4 import Credentials
 from slixmpp_http_upload.slot import SlotRequest
 
-BUCKET_URL = "http://127.0.0.1:9/bucket"
-REGION = "us-east-1"
-ACCESS_KEY = "AKIDBENCHMARK0000000"
-SECRET_KEY = "bench-secret-not-a-real-key"
+BUCKET_URL, REGION, ACCESS_KEY, SECRET_KEY = harness.BUCKET_URL, harness.REGION, harness.ACCESS_KEY, harness.SECRET_KEY
 TOKEN = "9f" * 32  # what token_bytes=32 gives: 64 hex characters
 FILENAME = "holiday photo 2024.jpg"
 SIZE = 1_234_567

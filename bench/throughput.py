@@ -15,8 +15,8 @@ requests have been answered, against
                  XMPP server must route.
 
 For each it reports slots/s, p50/p90/p99 latency, and CPU per slot of the component process,
-of Prosody and of the load client (from ``/proc/PID/stat``, measured run only, warm-up
-excluded), plus the ratios of ours to each. Any non-result reply fails the run.
+of Prosody (from ``/proc/PID/stat``) and of the load client (its own ``time.process_time()``),
+measured run only, warm-up excluded, plus the ratios of ours to each. Any non-result reply fails the run.
 The load client (``bench/loadclient.py``) is raw asyncio sockets in its own process.
 
 Noise: every target runs ``--rounds`` times (default 3), interleaved, the order rotating. Before
@@ -222,7 +222,8 @@ def find_py_spy(option: str) -> str | None:
 
 
 def profile_component(client: LoadClientProcess, pid: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Sample our component with py-spy during one more load run; writes raw stacks and an SVG."""
+    """Sample our component with py-spy during two more load runs, one per output: raw stacks
+    (``profile.txt``, summarised) and a flame graph (``profile.svg``)."""
     import subprocess
 
     import profile_summary
@@ -387,7 +388,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--iqdisc", default="one_queue", help="ours: one_queue|parallel|no_queue|queues:N")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling,ceiling_slot")
     parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
-    parser.add_argument("--profile", action="store_true", help="py-spy our component during one extra run")
+    parser.add_argument("--profile", action="store_true", help="py-spy our component during two extra runs (raw, flame graph)")
     parser.add_argument("--py-spy", default="auto", help="path of py-spy (default: look for it)")
     parser.add_argument("--profile-dir", default=str(harness.RESULTS), help="where profile.txt/.svg go")
     parser.add_argument("--prosody-log-level", default="warn", help="Prosody's log level (default warn)")

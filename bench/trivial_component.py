@@ -29,7 +29,7 @@ READ_SIZE = 1 << 16
 SLOT_PAYLOAD = (
     b"<slot xmlns='urn:xmpp:http:upload:0'><put url='http://127.0.0.1:9/bucket/"
     + b"9f" * 32
-    + b"/f.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&amp;X-Amz-Credential=AK%2F20261125%2Fus-east-1%2Fs3%2F"
+    + b"/f.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&amp;X-Amz-Credential=AKIDBENCHMARK0000000%2F20261125%2Fus-east-1%2Fs3%2F"
     b"aws4_request&amp;X-Amz-Date=20261125T120000Z&amp;X-Amz-Expires=60&amp;X-Amz-SignedHeaders="
     b"content-length%3Bcontent-type%3Bhost&amp;X-Amz-Signature="
     + b"0e" * 32
