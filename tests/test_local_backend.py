@@ -170,3 +170,24 @@ def test_any_accepted_file_name_comes_back_from_its_urls(backend: LocalBackend, 
     grant = backend.signer.check(target.token, target.name, dict(parse_qsl(put.query)), now=NOW)
     assert (grant.size, grant.content_type) == (5, "text/plain")
 
+
+
+_PATH_PIECES = st.lists(
+    st.one_of(
+        st.sampled_from(["", ".", "..", "%2e%2e", "%2F", "%5C", "%00", "\\", "/", "ab" * 16, "%ff", "~", "C:"]),
+        st.text(max_size=6),
+    ),
+    max_size=6,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=st.one_of(_PATH_PIECES, _PATH_PIECES.map(lambda rest: f"/{'ab' * 16}/{rest}")))
+def test_no_request_path_names_anything_outside_the_root(path: str) -> None:
+    """Whatever the path, a target is one hex folder and one plain name in it."""
+    target = parse_target(path)
+    if target is not None:
+        assert all(char in "0123456789abcdef" for char in target.token)
+        assert target.name not in (".", "..")
+        assert not any(char in target.name for char in "/\\\0")
+        assert not any(ord(char) < 0x20 for char in target.name)
