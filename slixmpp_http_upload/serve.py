@@ -3,12 +3,14 @@
 Every component is a :class:`slixmpp.ComponentXMPP` with the ``http_upload_server`` plugin; all
 share one backend. With the ``local`` backend the built-in HTTP server
 (:class:`~slixmpp_http_upload.http.HttpServer`) runs in the same loop, one for all domains,
-whatever the components' links are doing. slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and
-never reconnects a session that the server ended, so :class:`Link` runs the whole cycle itself:
-connect, wait for the stream to end (or give up on a handshake that does not come within 30 s),
-back off (1 s doubling to 30 s, back to 1 s after a session that got going), connect again. Plugins are registered once, so nothing is added twice on
-reconnection. A server that refuses the secret, or has no such component, stops ``serve`` with
-exit status 1: retrying cannot help.
+whatever the components' links are doing.
+
+slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and never reconnects a
+session that the server ended, so :class:`Link` runs the whole cycle itself: connect, wait for
+the stream to end (or give up on a handshake that does not come within 30 s), back off (1 s
+doubling to 30 s, back to 1 s after a session that got going), connect again. Plugins are
+registered once, so nothing is added twice on reconnection. A server that refuses the secret,
+or has no such component, stops ``serve`` with exit status 1: retrying cannot help.
 """
 
 from __future__ import annotations
