@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -60,6 +61,7 @@ def serve(config: Config, verbose: bool = False) -> int:
     if config.metrics.port is not None:
         _require_prometheus()
     _configure_logging(logging.DEBUG if verbose else logging.INFO)
+    _raise_file_limit()
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:  # SIGINT before the loop's own handler was in place
@@ -73,6 +75,15 @@ def _require_prometheus() -> None:
         raise ConfigError(
             "metrics.port", "needs prometheus-client: pip install 'slixmpp-http-upload[metrics]'"
         ) from None
+
+
+def _raise_file_limit() -> None:
+    """Allow as many open files as the system lets us: each download in progress holds its
+    socket and its file (the common soft limit of 1024 would stop at about 500)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # then we live with the soft limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _configure_logging(level: int) -> None:

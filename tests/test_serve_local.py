@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -161,3 +162,15 @@ def test_an_unreadable_certificate_is_a_configuration_error(tmp_path: Path, caps
     config = write_toml(tmp_path / "upload.toml", local_config(1, port, http={"port": port, "tls_cert": "cert.pem", "tls_key": "cert.pem"}))
     assert cli.main(["serve", "-c", str(config)]) == 2
     assert "http.tls_cert: cannot load the certificate and key" in capsys.readouterr().err
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_one() -> None:
+    from slixmpp_http_upload.serve import _raise_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        _raise_file_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
