@@ -83,7 +83,7 @@ class Served:
 async def serving(
     directory: Path, *, http: Mapping[str, Any] | None = None, metrics: bool = False, idle_timeout: float = 60
 ) -> AsyncIterator[Served]:
-    port = free_port()
+    port = (http or {}).get("port") or free_port()
     config = load_config(
         write_toml(directory / "upload.toml", {"http": {"port": port, **(http or {})}, "http_upload": {"expiration_time": 300}})
     )
@@ -590,3 +590,16 @@ async def test_the_server_speaks_https_itself(tmp_path: Path) -> None:
                 assert put.status == 201
             async with session.get(big.get_url) as got:
                 assert await got.read() == body
+
+
+async def test_a_public_url_path_is_served_with_or_without_it(tmp_path: Path) -> None:
+    # behind a reverse proxy that keeps the prefix, or strips it
+    port = free_port()
+    async with serving(tmp_path, http={"port": port, "public_url": f"http://127.0.0.1:{port}/files"}) as served:
+        slot = served.slot("a.txt", 3)
+        assert urlsplit(slot.put_url).path.startswith("/files/")
+        assert (await served.put(slot, b"abc")).status == 201
+        stripped = slot.get_url.replace("/files/", "/", 1)
+        for url in (slot.get_url, stripped):
+            assert (await served.get(url))[1] == b"abc"
+        assert (await served.get(slot.get_url.replace("/files/", "/other/", 1)))[0].status == 404
