@@ -129,6 +129,7 @@ class UploadHandler:
         except BaseException:  # the client went away (or we are stopping)
             upload.discard()
             raise
+        log.debug("upload %s…: stored %r, %d bytes", token[:8], name, length)
         return _plain(201, "stored")
 
 
