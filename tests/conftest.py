@@ -21,6 +21,7 @@ from slixmpp import ClientXMPP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from browser import Chromium, find_chromium  # noqa: E402
 from helpers import UPLOAD_JID, ClientPool, write_toml  # noqa: E402
 from servers import Ejabberd, Prosody, SeaweedFS, _stop_process_group, find_ejabberd, find_prosody, find_weed  # noqa: E402
 
@@ -182,3 +183,16 @@ def ejabberd() -> Iterator[Ejabberd]:
         for user, password in USERS.items():
             server.register(user, password)
         yield server
+
+
+# ------------------------------------------------------------------ Chromium
+
+
+@pytest.fixture(scope="session")
+async def chromium() -> AsyncIterator[Chromium]:
+    """Debian's headless Chromium over the DevTools protocol (``tests/browser.py``):
+    ``page = await chromium.open(url)``, then ``await page.evaluate(js)``."""
+    if find_chromium() is None:
+        _missing("the 'chromium' browser", "apt-get install chromium")
+    async with Chromium() as browser:
+        yield browser
