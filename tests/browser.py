@@ -19,11 +19,13 @@ profile in a temporary directory, and both are gone after ``close()``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -33,7 +35,7 @@ from aiohttp import web
 
 from servers import LOOPBACK, ServerError, _stop_process_group
 
-__all__ = ["Chromium", "BrowserPage", "StaticSite", "find_chromium", "CHROMIUM_FLAGS"]
+__all__ = ["Chromium", "BrowserPage", "StaticSite", "FetchResult", "put_then_get", "find_chromium", "CHROMIUM_FLAGS"]
 
 # Headless, as root, without any network activity of the browser's own.
 CHROMIUM_FLAGS = (
@@ -84,11 +86,73 @@ class BrowserPage:
             raise AssertionError(details.get("exception", {}).get("description") or details["text"])
         return answer["result"].get("value")
 
+    async def console_line(self, text: str, timeout: float = 5) -> str:
+        """The first console line containing ``text``, waiting for it (the browser logs a CORS
+        refusal around the time the script sees the rejection, not always before)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (lines := [line for line in self.console if text in line]):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no console line with {text!r} within {timeout} s: {self.console}")
+            await asyncio.sleep(0.05)
+        return lines[0]
+
     def _event(self, method: str, params: dict[str, Any]) -> None:
         if method == "Log.entryAdded":
             self.console.append(params["entry"]["text"])
         elif method == "Runtime.consoleAPICalled":
             self.console.append(" ".join(str(arg.get("value", arg.get("description", ""))) for arg in params["args"]))
+
+
+@dataclass
+class FetchResult:
+    """What a page's script saw of a PUT then a GET (``error`` is the rejection's text when a
+    ``fetch`` failed, as when the browser blocks it by CORS; then the later fields are unset)."""
+
+    put_status: int | None = None
+    get_status: int | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+    error: str | None = None
+
+
+# A Converse.js upload: PUT the bytes with the slot's Content-Type (an empty header when the
+# type is unknown), then GET them back; both cross-origin, so CORS applies to each.
+_PUT_THEN_GET = """(async (putUrl, getUrl, data, contentType, doPut) => {
+    const result = {};
+    try {
+        if (doPut) {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const put = await fetch(putUrl, {method: "PUT", body: bytes, headers: {"Content-Type": contentType}});
+            result.put_status = put.status;
+        }
+        const get = await fetch(getUrl);
+        result.get_status = get.status;
+        result.content_type = get.headers.get("Content-Type");
+        const blob = await get.blob();
+        const url = await new Promise(done => {
+            const reader = new FileReader();
+            reader.onload = () => done(reader.result);
+            reader.readAsDataURL(blob);
+        });
+        result.body = url.slice(url.indexOf(",") + 1);
+    } catch (error) {
+        result.error = String(error);
+    }
+    return result;
+})"""
+
+
+async def put_then_get(
+    page: BrowserPage, put_url: str | None, get_url: str, body: bytes = b"", content_type: str = ""
+) -> FetchResult:
+    """In ``page``, ``fetch`` PUT ``body`` to ``put_url`` with ``Content-Type: content_type``
+    (``""``: an empty header, as Converse.js sends for an unknown type), then ``fetch`` GET
+    ``get_url`` and read the bytes back; ``put_url=None`` only GETs."""
+    arguments = [put_url or "", get_url, base64.b64encode(body).decode(), content_type, put_url is not None]
+    seen = await page.evaluate(f"{_PUT_THEN_GET}(...{json.dumps(arguments)})")
+    if seen.get("body") is not None:
+        seen["body"] = base64.b64decode(seen["body"])
+    return FetchResult(**seen)
 
 
 class Chromium:

@@ -79,6 +79,7 @@ class ServeProcess:
     and stderr go to files beside the config (``stdout``/``stderr`` read them)."""
 
     def __init__(self, config: Path) -> None:
+        self.config = config
         self._out, self._err = config.with_suffix(".out"), config.with_suffix(".err")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLIXMPP_HTTP_UPLOAD_"))}
         with open(self._out, "wb") as out, open(self._err, "wb") as err:

@@ -9,18 +9,24 @@ import hmac
 import importlib
 import os
 import re
+import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import pytest
 import slixmpp
 from slixmpp.exceptions import IqError
+from yarl import URL
 
-from helpers import DOMAIN, seaweedfs_s3, write_s3_config
+from helpers import DOMAIN, HttpService, seaweedfs_s3, write_s3_config
+from servers import Nginx, find_nginx, free_ports, make_test_certificates
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import parse_config
@@ -67,6 +73,72 @@ def test_readme_curl_recipe_uploads(seaweedfs, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HTTP/1.1 200" in result.stdout
+
+
+# --- the quick start behind the README's nginx, over https ---------------------------------
+
+
+def substituted(text: str, replacements: dict[str, str]) -> str:
+    """``text`` with each key replaced by its value; each key must occur exactly once, so the
+    README cannot drift away from what this test runs."""
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in\n{text}"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def behind_nginx(start_serve, tmp_path: Path) -> Iterator[tuple[HttpService, Nginx, ssl.SSLContext]]:
+    """``serve`` from the README's quick-start configuration with its ``[http]`` addition (on
+    free ports, an XMPP server that never answers), behind nginx running the README's server
+    block with a certificate for ``localhost`` from a throw-away CA; and a client TLS context
+    that trusts that CA."""
+    if find_nginx() is None:
+        pytest.skip("nginx not found; ./tests/run installs it")
+    component_port, http_port, https_port = free_ports(3)
+    quick_start, http, _s3 = readme_blocks("toml")
+    config = substituted(quick_start, {"port = 5347": f"port = {component_port}", '"example.com"': f'"{DOMAIN}"'})
+    config += substituted(http, {"https://upload.example.com": f"https://localhost:{https_port}"})
+    config += f"port = {http_port}\n"  # not the default 8080: the machine is shared
+    service = HttpService(start_serve, tomllib.loads(config))
+
+    certificates = make_test_certificates(tmp_path)
+    (server_block,) = readme_blocks("nginx")
+    server_block = substituted(
+        server_block,
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
+            "/etc/letsencrypt/live/upload.example.com/fullchain.pem": str(certificates.cert_path),
+            "/etc/letsencrypt/live/upload.example.com/privkey.pem": str(certificates.key_path),
+            "http://127.0.0.1:8080": f"http://127.0.0.1:{http_port}",
+        },
+    )
+    with Nginx(server_block, [https_port]) as nginx:
+        yield service, nginx, ssl.create_default_context(cafile=certificates.ca_path)
+
+
+async def test_readme_quick_start_behind_its_nginx_recipe(behind_nginx) -> None:
+    service, nginx, tls = behind_nginx
+    assert (Path(service.config).parent / "uploads").is_dir()  # "uploads beside upload.toml"
+    body = secrets.token_bytes(3 << 20)  # over nginx's default limit of 1 MB
+    put_url, get_url = service.slot("tr\u00e8s #1.bin", len(body), "application/x-test")
+    assert put_url.startswith(f"https://localhost:{nginx.ports[0]}/")  # public_url
+    origin = {"Origin": "https://chat.example.org"}
+    async with aiohttp.ClientSession() as http:
+        put = URL(put_url, encoded=True)
+        async with http.put(put, data=body, headers={"Content-Type": "application/x-test", **origin}, ssl=tls) as answer:
+            assert answer.status == 201, await answer.text()
+            assert answer.headers["Access-Control-Allow-Origin"] in ("*", origin["Origin"])
+        get = URL(get_url, encoded=True)
+        async with http.get(get, ssl=tls) as answer:
+            assert (answer.status, answer.headers["Content-Type"]) == (200, "application/x-test")
+            assert await answer.read() == body
+        async with http.get(get, headers={"Range": "bytes=1000-1999"}, ssl=tls) as answer:
+            assert (answer.status, await answer.read()) == (206, body[1000:2000])
+    # Through nginx (its log), and streamed both ways: nginx wrote neither body to its disk.
+    assert f'"PUT {urlsplit(put_url).path}?' in nginx.access_log.read_text()
+    log = nginx.error_log.read_text()
+    assert "buffered to a temporary file" not in log, log
 
 
 # --- the custom backend ---------------------------------------------------------------------
