@@ -1,9 +1,10 @@
 """The configuration model: every option and its default, in one place.
 
 A TOML file has the tables ``[component]`` (used by ``serve``), ``[http_upload]`` (the
-MongooseIM ``mod_http_upload`` options, plus the backend's own table ``[http_upload.<backend>]``)
-and ``[metrics]``. The plugin's config dict takes the ``[http_upload]`` keys, checked by the same
-:func:`parse_upload_settings`.
+MongooseIM ``mod_http_upload`` options, plus the backend's own table ``[http_upload.<backend>]``),
+``[http]`` (the built-in HTTP server of the ``local`` backend) and ``[metrics]``. The plugin's
+config dict takes the ``[http_upload]`` keys, checked by the same :func:`parse_upload_settings`.
+Relative paths in the file are relative to the file's folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
+from .baseurl import parse_base_url
 from .options import (
     REQUIRED,
     ConfigError,
@@ -34,7 +36,7 @@ from .sigv4 import MAX_EXPIRES
 
 CONFIG_ENV = "SLIXMPP_HTTP_UPLOAD_CONFIG"
 HOST_PLACEHOLDER = "@HOST@"
-DEFAULT_BACKEND = "s3"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
 IQDISC_TYPES = ("no_queue", "one_queue", "parallel", "queues")
 
 
@@ -104,7 +106,7 @@ def _table(value: Any) -> Mapping[str, Any]:
 
 UPLOAD_OPTIONS = (
     Option("host", f"upload.{HOST_PLACEHOLDER}", _host_template),
-    Option("backend", DEFAULT_BACKEND, text),
+    Option("backend", None, text),  # see default_backend
     Option("expiration_time", 60, integer(1, MAX_EXPIRES)),
     Option("token_bytes", 32, integer(16, 256)),
     Option("max_file_size", 10485760, _max_file_size),
@@ -124,6 +126,42 @@ COMPONENT_OPTIONS = (
     Option("secret", None, text, secret=True),
     Option("domains", (), domain_list),
 )
+
+
+
+def _cors_origins(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise ValueError('must be a non-empty list of origins such as "https://chat.example.org", or ["*"]')
+    if "*" in value:
+        if len(value) > 1:
+            raise ValueError('must be ["*"] alone or a list of origins')
+        return ("*",)
+    origins = []
+    for item in value:
+        url = parse_base_url(item)
+        if url.path:
+            raise ValueError(f"{item!r} is not an origin (scheme://host[:port], no path)")
+        origins.append(url.origin)
+    return tuple(origins)
+
+
+def _public_url(value: Any) -> str:
+    url = parse_base_url(value)
+    return url.origin + url.path
+
+
+HTTP_OPTIONS = (
+    Option("bind", "127.0.0.1", text),
+    Option("port", 8080, integer(1, 65535)),
+    Option("public_url", None, _public_url),
+    Option("tls_cert", None, text),
+    Option("tls_key", None, text),
+    Option("cors_origins", ("*",), _cors_origins),
+    Option("max_uploads", 64, integer(1, 100_000)),
+)
+"""The ``[http]`` table: the built-in HTTP server (taking PUTs and serving GETs of the ``local``
+backend). ``public_url`` defaults to ``http://<bind>:<port>``; ``tls_cert``/``tls_key`` (both or
+neither) make the server speak https itself; ``max_uploads`` bounds the uploads in progress."""
 
 METRICS_OPTIONS = (
     Option("host", "127.0.0.1", text),
@@ -146,6 +184,10 @@ class UploadSettings:
     allow: frozenset[str]
     deny: frozenset[str]
     backend_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    public_url: str = DEFAULT_PUBLIC_URL
+    """Where the built-in HTTP server is reached (``[http] public_url``): the ``local`` backend's slots."""
+    base_dir: Path = field(default_factory=Path.cwd)
+    """What relative paths of the backend's table are relative to (the configuration file's folder)."""
 
     def service_jid(self, domain: str) -> str:
         """The upload service's JID for a served domain."""
@@ -171,6 +213,19 @@ class ComponentSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The checked ``[http]`` table; ``tls_cert``/``tls_key`` are absolute paths or both None."""
+
+    bind: str
+    port: int
+    public_url: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    cors_origins: tuple[str, ...]
+    max_uploads: int
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     host: str
     port: int | None
@@ -181,30 +236,72 @@ class Config:
     component: ComponentSettings
     http_upload: UploadSettings
     metrics: MetricsSettings
+    http: HttpSettings
 
 
-def parse_upload_settings(raw: Mapping[str, Any], path: str = "http_upload") -> UploadSettings:
-    """Check an ``[http_upload]`` table (or the plugin's config dict)."""
+def default_backend(raw: Mapping[str, Any]) -> str:
+    """``"s3"`` when the ``[http_upload]`` table has an ``s3`` table (a MongooseIM section carried
+    over), else ``"local"``."""
+    return "s3" if "s3" in raw else "local"
+
+
+def parse_upload_settings(
+    raw: Mapping[str, Any],
+    path: str = "http_upload",
+    *,
+    public_url: str = DEFAULT_PUBLIC_URL,
+    base_dir: Path | None = None,
+) -> UploadSettings:
+    """Check an ``[http_upload]`` table (or the plugin's config dict); ``public_url`` and
+    ``base_dir`` come from the rest of the configuration (see :class:`UploadSettings`)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(path, "must be a table")
-    backend = raw.get("backend", DEFAULT_BACKEND)
+    backend = raw.get("backend") or default_backend(raw)
     if any(option.name == backend for option in UPLOAD_OPTIONS):
         raise ConfigError(f"{path}.backend", f"cannot be {backend!r}, the name of an option")
     # secret=True: a scalar where the table belongs may well be a key; only its type is shown
     backend_option = (Option(backend, {}, _table, secret=True),) if isinstance(backend, str) and backend else ()
     values = parse_table(raw, UPLOAD_OPTIONS + backend_option, path)
+    values["backend"] = values["backend"] or backend
     backend_options = values.pop(backend, {}) if backend_option else {}
-    return UploadSettings(**values, backend_options=backend_options)
+    return UploadSettings(
+        **values, backend_options=backend_options, public_url=public_url, base_dir=base_dir or Path.cwd()
+    )
 
 
-def parse_config(raw: Mapping[str, Any]) -> Config:
-    """Check a whole configuration document (a parsed TOML file)."""
-    tables = (Option("component", {}, _table), Option("http_upload", {}, _table), Option("metrics", {}, _table))
+def parse_http_settings(raw: Mapping[str, Any], base_dir: Path) -> HttpSettings:
+    """Check an ``[http]`` table; relative TLS paths are taken from ``base_dir``."""
+    values = parse_table(raw, HTTP_OPTIONS, "http")
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        missing = "tls_key" if values["tls_key"] is None else "tls_cert"
+        raise ConfigError(f"http.{missing}", "is required when the other of tls_cert/tls_key is set")
+    for name in ("tls_cert", "tls_key"):
+        if values[name] is not None:
+            values[name] = base_dir / values[name]
+    if values["public_url"] is None:
+        scheme = "https" if values["tls_cert"] else "http"
+        host = f"[{values['bind']}]" if ":" in values["bind"] else values["bind"]
+        values["public_url"] = _public_url(f"{scheme}://{host}:{values['port']}")
+    return HttpSettings(**values)
+
+
+def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    """Check a whole configuration document (a parsed TOML file); relative paths are taken
+    from ``base_dir`` (the file's folder; by default the working directory)."""
+    base_dir = base_dir or Path.cwd()
+    tables = (
+        Option("component", {}, _table),
+        Option("http_upload", {}, _table),
+        Option("http", {}, _table),
+        Option("metrics", {}, _table),
+    )
     document = parse_table(raw, tables)
+    http = parse_http_settings(document["http"], base_dir)
     config = Config(
         component=ComponentSettings(**parse_table(document["component"], COMPONENT_OPTIONS, "component")),
-        http_upload=parse_upload_settings(document["http_upload"]),
+        http_upload=parse_upload_settings(document["http_upload"], public_url=http.public_url, base_dir=base_dir),
         metrics=MetricsSettings(**parse_table(document["metrics"], METRICS_OPTIONS, "metrics")),
+        http=http,
     )
     if len(config.component.domains) > 1 and HOST_PLACEHOLDER not in config.http_upload.host:
         raise ConfigError(
@@ -229,4 +326,4 @@ def load_config(path: Path) -> Config:
         raise ConfigError("", f"cannot read the configuration file {str(path)!r}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("", f"{path}: not valid TOML: {error}") from None
-    return parse_config(raw)
+    return parse_config(raw, path.resolve().parent)

@@ -1,5 +1,6 @@
 """The ``[metrics]`` endpoint of ``serve``: each plugin's :class:`SlotMetrics`, read through a
-prometheus_client collector at scrape time (the plugins stay the only bookkeepers).
+prometheus_client collector at scrape time (the plugins stay the only bookkeepers). The same
+collector answers ``/metrics`` on the built-in HTTP server (:func:`metrics_handler`).
 
 Needs the ``metrics`` extra (``prometheus-client``); :mod:`slixmpp_http_upload.serve` imports this
 module only when ``metrics.port`` is set.
@@ -7,9 +8,10 @@ module only when ``metrics.port`` is set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from .config import MetricsSettings
@@ -45,12 +47,29 @@ class SlotMetricsCollector:
         yield from (created, seconds, refusals)
 
 
+def metrics_registry(sources: Sequence[SlotMetrics]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(SlotMetricsCollector(sources))
+    return registry
+
+
+def metrics_handler(sources: Sequence[SlotMetrics]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """An aiohttp handler answering with the metrics in Prometheus' text format."""
+    registry = metrics_registry(sources)
+
+    async def handler(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    return handler
+
+
 def start_metrics_server(settings: MetricsSettings, sources: Sequence[SlotMetrics]) -> Callable[[], None]:
     """Serve the metrics on ``settings.host:settings.port`` from a daemon thread (Prometheus text,
     or OpenMetrics when the scraper asks for it); return the function that stops it."""
     assert settings.port is not None
-    registry = CollectorRegistry()
-    registry.register(SlotMetricsCollector(sources))
+    registry = metrics_registry(sources)
     try:
         server, _thread = start_http_server(settings.port, addr=settings.host, registry=registry)
     except OSError as error:

@@ -9,92 +9,32 @@ itself refuses another type or a longer body. ``add_acl`` travels in the signed 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from .baseurl import BaseUrl, parse_base_url
 from .options import REQUIRED, Check, ConfigError, Option, boolean, parse_table, text
 from .sigv4 import Credentials, Presigner, canonical_headers, uri_encode
-from .slot import Slot, SlotRequest
+from .slot import Slot, SlotRequest, object_name
 
 if TYPE_CHECKING:
     from .config import UploadSettings
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
-_PATH = re.compile(r"^[A-Za-z0-9._~/-]*$")
-_HOST = re.compile(r"^[a-z0-9._~-]+$")
-"""A host name (lower-cased by urlsplit) in unreserved characters; IPv6 literals are checked apart."""
-_IPV6_NETLOC = re.compile(r"^\[[0-9A-Fa-f:.]+\](:[0-9]*)?$")
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _KEY_ID = re.compile(r"^[!-.0-~]+$")
 """Printable ASCII without space or ``/`` (which separates the credential scope)."""
 ACL_PARAMS = (("x-amz-acl", "public-read"),)
 
 
-@dataclass(frozen=True)
-class BucketUrl:
-    """A checked bucket_url: ``origin`` is ``scheme://host[:port]``, ``host`` the Host header
-    value, ``path`` the encoded path prefix without a trailing ``/``."""
-
-    origin: str
-    host: str
-    path: str
-
-
-def parse_bucket_url(value: Any) -> BucketUrl:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be an http:// or https:// URL")
-    if "@" in value:
-        # User info may carry a password: a ConfigError with no deeper path keeps the value
-        # out of the message (a plain ValueError would be shown with ", got '<value>'").
-        # No valid bucket_url contains "@" anywhere (the path allows none, query and fragment are refused).
+def parse_bucket_url(value: Any) -> BaseUrl:
+    """``bucket_url``: a base URL; user info is refused with a hint where credentials go."""
+    if isinstance(value, str) and "@" in value:
         raise ConfigError("", "must not contain user info (give credentials as access_key_id/secret_access_key)")
-    parts = urlsplit(value.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ValueError("must be an http:// or https:// URL")
-    if parts.query or parts.fragment or value.rstrip().endswith(("?", "#")):
-        raise ValueError("must not contain a query or a fragment")
-    if not parts.hostname:
-        raise ValueError("must name a host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    if "[" in parts.netloc or ":" in parts.hostname:
-        if not _IPV6_NETLOC.match(parts.netloc):
-            raise ValueError("has an invalid IPv6 host (write it as [address] or [address]:port)")
-        try:
-            ipaddress.IPv6Address(parts.hostname)
-        except ValueError:
-            raise ValueError("has an invalid IPv6 host (write it as [address] or [address]:port)") from None
-    elif not _HOST.match(parts.hostname):
-        raise ValueError("host may contain only letters, digits and '-._~'")
-    if not _PATH.match(parts.path):
-        raise ValueError("path may contain only letters, digits and '-._~/'")
-    path = parts.path[:-1] if parts.path.endswith("/") else parts.path
-    if any(segment in ("", ".", "..") for segment in path.split("/")[1:]):
-        raise ValueError("path must not have empty, '.' or '..' segments (clients would rewrite them)")
-    if port == 0:
-        raise ValueError("has an invalid port")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    if port is not None and port != DEFAULT_PORTS[scheme]:
-        host = f"{host}:{port}"
-    return BucketUrl(origin=f"{scheme}://{host}", host=host, path=path)
-
-
-def object_name(filename: str) -> str:
-    """The file name as the last segment of the object key: ``/`` and ``\\`` become ``_``.
-
-    S3 servers treat both as folder separators (SeaweedFS and Ceph decode ``%2F`` before
-    checking the signature; SeaweedFS turns ``\\`` into ``/``), so neither can be sent safely.
-    """
-    return filename.replace("/", "_").replace("\\", "_")
+    return parse_base_url(value)
 
 
 def _region(value: Any) -> str:
@@ -165,7 +105,7 @@ class S3Backend:
 
     def __init__(
         self,
-        bucket: BucketUrl,
+        bucket: BaseUrl,
         region: str,
         credentials: Credentials,
         *,

@@ -1,7 +1,9 @@
 """``serve``: one upload component per served domain, kept connected until SIGINT or SIGTERM.
 
 Every component is a :class:`slixmpp.ComponentXMPP` with the ``http_upload_server`` plugin; all
-share one backend. slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and
+share one backend. With the ``local`` backend the built-in HTTP server
+(:class:`~slixmpp_http_upload.http.HttpServer`) runs in the same loop, one for all domains,
+whatever the components' links are doing. slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and
 never reconnects a session that the server ended, so :class:`Link` runs the whole cycle itself:
 connect, wait for the stream to end (or give up on a handshake that does not come within 30 s),
 back off (1 s doubling to 30 s, back to 1 s after a session that got going), connect again. Plugins are registered once, so nothing is added twice on
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slixmpp import ComponentXMPP
@@ -84,6 +86,7 @@ async def _serve(config: Config) -> int:
         for domain in component.domains
     ]
     counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
+    stop_http = await _start_http(config, backend, counters)
     stop_metrics = _start_metrics(config.metrics, counters)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,6 +101,7 @@ async def _serve(config: Config) -> int:
             task.cancel()
         await asyncio.gather(*(link.close() for link in links))
         stop_metrics()
+        await stop_http()
     return _exit_status(tasks)
 
 
@@ -112,6 +116,25 @@ def _exit_status(tasks: list[asyncio.Task[None]]) -> int:
             raise error
     log.info("stopped")
     return 0
+
+
+async def _start_http(
+    config: Config, backend: Backend, counters: list[SlotMetrics]
+) -> Callable[[], Awaitable[None]]:
+    """Start the built-in HTTP server when the backend keeps the files here; return what stops it."""
+    from .local import LocalBackend
+
+    if not isinstance(backend, LocalBackend):
+        return _nothing
+    from .http import HttpServer
+
+    server = HttpServer(config.http, backend, counters if config.metrics.port is not None else None)
+    await server.start()
+    return server.stop
+
+
+async def _nothing() -> None:
+    pass
 
 
 def _start_metrics(settings: MetricsSettings, sources: list[SlotMetrics]) -> Callable[[], None]:

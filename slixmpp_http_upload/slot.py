@@ -128,3 +128,12 @@ def check_content_type(content_type: str | None) -> str | None:
     if len(content_type) > MAX_CONTENT_TYPE_LENGTH:
         raise BadRequest(f"The content-type is longer than {MAX_CONTENT_TYPE_LENGTH} characters.")
     return content_type
+
+
+def object_name(filename: str) -> str:
+    """The file name as one path segment of a slot URL: ``/`` and ``\\`` become ``_``.
+
+    S3 servers treat both as folder separators (SeaweedFS and Ceph decode ``%2F`` before
+    checking the signature; SeaweedFS turns ``\\`` into ``/``), so neither can be sent safely.
+    """
+    return filename.replace("/", "_").replace("\\", "_")

@@ -111,7 +111,7 @@ CASES = {
     "component-port-0": ({"component.port": "0"}, "component.port: must be an integer from 1 to 65535, got 0"),
     # required and unknown keys
     "bucket-url-missing": ({"http_upload.s3.bucket_url": DELETE}, f"{BU}is required"),
-    "unknown-top": ({".colour": '"blue"'}, "colour: unknown option (known: component, http_upload, metrics)"),
+    "unknown-top": ({".colour": '"blue"'}, "colour: unknown option (known: component, http_upload, http, metrics)"),
     "unknown-http-upload": ({"http_upload.colour": '"blue"'}, "http_upload.colour: unknown option (known: host, "),
     "unknown-s3": ({"http_upload.s3.colour": '"blue"'}, "http_upload.s3.colour: unknown option (known: bucket_url, "),
     "unknown-component": ({"component.colour": '"blue"'}, "component.colour: unknown option"),

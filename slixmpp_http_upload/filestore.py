@@ -1,0 +1,226 @@
+"""The ``local`` backend's files on disk: nothing is visible before it is complete.
+
+Layout of the root folder::
+
+    <root>/.url-key              the URL signing key (mode 0600), unless the config gives one
+    <root>/.tmp/<random>/        an upload in progress: ``data`` (the body so far)
+    <root>/<token>/data          a completed upload's bytes
+    <root>/<token>/meta          its file name and content type (JSON)
+
+An upload writes ``data`` and ``meta`` into its own folder under ``.tmp``, fsyncs both and the
+folder, then renames the folder to ``<token>`` in one step (and fsyncs the root): after a crash
+a token folder is either complete or absent, and :meth:`FileStore.clean_temporary` removes the
+leftovers at the next start. The rename fails when ``<token>`` exists, so of two uploads to one
+slot only the first counts.
+
+Every lookup goes from the root's open folder with ``O_NOFOLLOW`` on each step (token folder,
+``meta``, ``data``), so a symlink planted in the root is never followed, and a token is a
+checked hexadecimal name (see :mod:`slixmpp_http_upload.http.target`): no path leaves the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY_FILE = ".url-key"
+TEMPORARY = ".tmp"
+DATA = "data"
+META = "meta"
+_READ_ONLY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY = _READ_ONLY | os.O_DIRECTORY
+FULL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class SlotTaken(Exception):
+    """The slot's file is already there (a second PUT)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A completed upload, opened: ``fd`` is the data file's (the caller closes it)."""
+
+    fd: int
+    size: int
+    mtime: float
+    mtime_ns: int
+    name: str
+    content_type: str | None
+
+
+class FileStore:
+    """The files of one root folder (created if missing)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / TEMPORARY).mkdir(exist_ok=True)
+        self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self._root_fd)
+
+    def url_key(self) -> bytes:
+        """The signing key kept in the root: made once (32 random bytes, mode 0600), then reused."""
+        path = self.root / KEY_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            key = bytes.fromhex(path.read_text().strip())
+            if len(key) < 16:
+                raise ValueError(f"{path} holds no valid key (delete it to make a new one)") from None
+            return key
+        key = secrets.token_bytes(32)
+        try:
+            os.write(fd, key.hex().encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(self._root_fd)
+        return key
+
+    def clean_temporary(self) -> int:
+        """Remove the uploads a previous run left unfinished; how many there were."""
+        folder = self.root / TEMPORARY
+        leftovers = list(folder.iterdir())
+        for entry in leftovers:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        return len(leftovers)
+
+    def has(self, token: str) -> bool:
+        """Whether an upload (completed) holds ``token``."""
+        try:
+            os.stat(token, dir_fd=self._root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def free_bytes(self) -> int:
+        """Space left on the root's file system for an unprivileged writer."""
+        info = os.statvfs(self._root_fd)
+        return info.f_bavail * info.f_frsize
+
+    def open(self, token: str, name: str) -> StoredFile | None:
+        """The completed upload ``token`` if it was stored under ``name``; None otherwise."""
+        try:
+            folder = os.open(token, _DIRECTORY, dir_fd=self._root_fd)
+        except OSError:
+            return None
+        try:
+            meta = _read_meta(folder)
+            if meta is None or meta.get("name") != name:
+                return None
+            fd = os.open(DATA, _READ_ONLY, dir_fd=folder)
+        except OSError:
+            return None
+        finally:
+            os.close(folder)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            return None
+        content_type = meta.get("content_type")
+        return StoredFile(
+            fd, info.st_size, info.st_mtime, info.st_mtime_ns, name, content_type if isinstance(content_type, str) else None
+        )
+
+    def delete(self, token: str) -> None:
+        """Remove a completed upload (gone for readers at once)."""
+        folder = self.root / TEMPORARY / f"delete-{token}-{secrets.token_hex(4)}"
+        try:
+            os.rename(token, folder, src_dir_fd=self._root_fd)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def begin(self, token: str, name: str, content_type: str | None) -> Upload:
+        """A new upload for ``token``, in its own temporary folder."""
+        return Upload(self, token, {"name": name, "content_type": content_type})
+
+
+def _read_meta(folder: int) -> dict[str, object] | None:
+    fd = os.open(META, _READ_ONLY, dir_fd=folder)
+    try:
+        raw = os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+class Upload:
+    """One body on its way to disk: :meth:`write` the chunks, then :meth:`commit` once, or
+    :meth:`discard`. Writes are plain (the page cache takes them); the fsyncs of commit run
+    in a thread."""
+
+    def __init__(self, store: FileStore, token: str, meta: dict[str, object]) -> None:
+        self.store = store
+        self.token = token
+        self.meta = meta
+        self.folder = store.root / TEMPORARY / f"{token}.{secrets.token_hex(8)}"
+        self.folder.mkdir()
+        try:
+            self.fd = os.open(self.folder / DATA, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        self.written = 0
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            done = os.write(self.fd, view)
+            view = view[done:]
+        self.written += len(chunk)
+
+    async def commit(self) -> None:
+        """Make the upload durable and visible; :class:`SlotTaken` if another got there first.
+        On any failure the upload is discarded."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._commit)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _commit(self) -> None:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        meta = os.open(self.folder / META, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(meta, json.dumps(self.meta).encode())
+            os.fsync(meta)
+        finally:
+            os.close(meta)
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        try:
+            os.rename(self.folder, self.token, dst_dir_fd=self.store._root_fd)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise SlotTaken(self.token) from None
+            raise
+        os.fsync(self.store._root_fd)
+
+    def discard(self) -> None:
+        """Forget the upload (nothing of it stays); safe to call more than once."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,5 @@
+"""The built-in HTTP server of the ``local`` backend (see :mod:`.server`)."""
+
+from .server import HttpServer, make_app
+
+__all__ = ["HttpServer", "make_app"]

@@ -1,0 +1,108 @@
+"""The built-in HTTP server: the ``local`` backend's PUTs and GETs, and ``/metrics``.
+
+One aiohttp server for all served domains, on ``[http] bind``/``port``, in the caller's event
+loop (``serve`` runs it beside the components, so downloads go on while the XMPP side is down).
+An embedding bot runs it the same way::
+
+    config = load_config(Path("upload.toml"))
+    backend = create_backend(config.http_upload)          # a LocalBackend
+    xmpp.register_plugin("http_upload_server", {"settings": config.http_upload,
+                                                "backend_instance": backend})
+    server = HttpServer(config.http, backend)
+    await server.start()      # in the bot's loop; ``await server.stop()`` at the end
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ..config import HttpSettings
+from ..local import LocalBackend
+from ..metrics import SlotMetrics
+from ..options import ConfigError
+from .cors import Cors
+from .download import DownloadHandler
+from .upload import IDLE_TIMEOUT, UploadHandler
+
+log = logging.getLogger(__name__)
+
+
+async def _no_early_continue(request: web.Request) -> None:
+    """The PUT handler sends ``100 Continue`` itself, once the request has passed its checks."""
+
+
+def make_app(
+    settings: HttpSettings,
+    backend: LocalBackend,
+    metrics: Sequence[SlotMetrics] | None = None,
+    idle_timeout: float = IDLE_TIMEOUT,
+) -> web.Application:
+    """The application: PUT, GET/HEAD, OPTIONS on ``/<token>/<name>``, and ``/metrics`` when
+    ``metrics`` is given (prometheus-client must be installed)."""
+    prefix = urlsplit(settings.public_url).path
+    cors = Cors(settings.cors_origins)
+    app = web.Application()
+    app.on_response_prepare.append(cors.add_headers)
+    if metrics is not None:
+        from ..metrics_http import metrics_handler
+
+        app.router.add_get("/metrics", metrics_handler(metrics))
+    upload = UploadHandler(backend.store, backend.signer, prefix, settings.max_uploads, idle_timeout)
+    app.router.add_route("PUT", "/{path:.*}", upload, expect_handler=_no_early_continue)
+    app.router.add_get("/{path:.*}", DownloadHandler(backend.store, prefix))
+    app.router.add_route("OPTIONS", "/{path:.*}", cors.preflight)
+    return app
+
+
+class HttpServer:
+    """Runs :func:`make_app` on ``settings.bind``/``port`` (https with ``tls_cert``/``tls_key``)."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        backend: LocalBackend,
+        metrics: Sequence[SlotMetrics] | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.runner = web.AppRunner(make_app(settings, backend, metrics, idle_timeout), access_log=None)
+
+    async def start(self) -> None:
+        """Clean what a previous run left unfinished, then listen; a port that cannot be had or
+        an unreadable certificate is a :class:`ConfigError`."""
+        leftovers = self.backend.store.clean_temporary()
+        if leftovers:
+            log.info("removed %d unfinished upload(s) left by a previous run", leftovers)
+        context = self._tls_context()
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.settings.bind, self.settings.port, ssl_context=context)
+        try:
+            await site.start()
+        except OSError as error:
+            await self.runner.cleanup()
+            where = f"{self.settings.bind}:{self.settings.port}"
+            raise ConfigError("http.port", f"cannot listen on {where}: {error.strerror or error}") from None
+        scheme = "https" if context else "http"
+        log.info(
+            "HTTP server on %s://%s:%d (public URL %s), files stored in %s",
+            scheme, self.settings.bind, self.settings.port, self.settings.public_url, self.backend.store.root,
+        )
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.tls_cert is None or self.settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError("http.tls_cert", f"cannot load the certificate and key: {error}") from None
+        return context
