@@ -304,13 +304,16 @@ class StaticSite:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/", lambda _request: web.Response(body=self.PAGE, content_type="text/html"))
+        app.router.add_get("/", self._page)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, LOOPBACK, 0)
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://{LOOPBACK}:{port}/"
+
+    async def _page(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.PAGE, content_type="text/html")
 
     async def close(self) -> None:
         if self._runner is not None:

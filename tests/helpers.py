@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import string
+import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
@@ -114,10 +116,13 @@ class HttpService:
             time.sleep(0.05)
 
     def slot(self, name: str, size: int, content_type: str) -> tuple[str, str]:
-        """The PUT and GET URLs of a new slot for ``localhost``, valid for 300 s."""
-        status, out, err = run_cli("urls", "-c", self.config, DOMAIN, name, str(size), content_type, "300")
-        assert status == 0, err
-        urls = dict(line.split(": ", 1) for line in out.splitlines())
+        """The PUT and GET URLs of a new slot for ``localhost``, valid for 300 s, from the
+        ``urls`` command (a process of its own: the tests' event loop may be running)."""
+        command = [sys.executable, "-m", "slixmpp_http_upload", "urls", "-c", self.config]
+        command += [DOMAIN, name, str(size), content_type, "300"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        urls = dict(line.split(": ", 1) for line in done.stdout.splitlines())
         return urls["PutURL"], urls["GetURL"]
 
 

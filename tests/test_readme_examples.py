@@ -48,11 +48,21 @@ def readme_block(defines: str) -> str:
 # --- the configuration and the curl recipe --------------------------------------------------
 
 
-def test_readme_configuration_is_valid() -> None:
-    (block,) = readme_blocks("toml")
-    config = parse_config(tomllib.loads(block))
+def test_readme_configurations_are_valid(tmp_path: Path) -> None:
+    quick_start, http, s3 = readme_blocks("toml")
+    config = parse_config(tomllib.loads(quick_start), base_dir=tmp_path)
     assert config.component.domains == ("example.com",)
     assert config.http_upload.service_jid("example.com") == "upload.example.com"
+    assert config.http_upload.backend == "local"
+    assert create_backend(config.http_upload).store.root == tmp_path / "uploads"  # beside the file
+    assert config.http.public_url.rstrip("/") == "http://127.0.0.1:8080"
+
+    config = parse_config(tomllib.loads(quick_start + http), base_dir=tmp_path)
+    assert (config.http.bind, config.http.port) == ("127.0.0.1", 8080)
+    assert config.http.public_url.rstrip("/") == "https://upload.example.com"
+
+    config = parse_config(tomllib.loads(s3))
+    assert config.http_upload.backend == "s3"
     assert create_backend(config.http_upload).bucket.host == "mybucket.s3.eu-west-1.amazonaws.com"
 
 
@@ -117,9 +127,30 @@ def behind_nginx(start_serve, tmp_path: Path) -> Iterator[tuple[HttpService, Ngi
         yield service, nginx, ssl.create_default_context(cafile=certificates.ca_path)
 
 
+def readme_start_up_log(replacements: dict[str, str]) -> list[str]:
+    """The README's start-up log lines of ``serve`` up to the HTTP server's, without their
+    time stamps, ``replacements`` made."""
+    (block,) = [block for block in readme_blocks("console") if "serve -c upload.toml\n20" in block]
+    lines = "\n".join(line.split(" ", 2)[2] for line in block.splitlines()[1:3])
+    return substituted(lines, replacements).splitlines()
+
+
 async def test_readme_quick_start_behind_its_nginx_recipe(behind_nginx) -> None:
     service, nginx, tls = behind_nginx
-    assert (Path(service.config).parent / "uploads").is_dir()  # "uploads beside upload.toml"
+    root = Path(service.config).parent / "uploads"  # "uploads beside upload.toml"
+    assert (root / ".url-key").is_file()
+    component_port = tomllib.loads(Path(service.config).read_text())["component"]["port"]
+    for line in readme_start_up_log(
+        {
+            "upload.example.com": f"upload.{DOMAIN}",
+            "127.0.0.1:5347": f"127.0.0.1:{component_port}",
+            "http://127.0.0.1:8080 (public URL http://127.0.0.1:8080)": (
+                f"http://127.0.0.1:{service.port} (public URL https://localhost:{nginx.ports[0]})"
+            ),
+            "/home/xmpp/uploads": str(root),
+        }
+    ):
+        assert line in service.process.stderr
     body = secrets.token_bytes(3 << 20)  # over nginx's default limit of 1 MB
     put_url, get_url = service.slot("tr\u00e8s #1.bin", len(body), "application/x-test")
     assert put_url.startswith(f"https://localhost:{nginx.ports[0]}/")  # public_url
