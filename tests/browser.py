@@ -7,10 +7,10 @@ driver the way they can outrun a Playwright release pinned to its own browser bu
 
 Use::
 
-    async with Chromium() as browser, StaticSite() as site:
-        page = await browser.open(site.url)
+    async with Chromium() as browser, StaticSite() as site, browser.page(site.url) as page:
         result = await page.evaluate("fetch(...).then(r => r.status)")
         page.console  # what the browser logged (CORS refusals land here)
+        seen = await put_then_get(page, put_url, get_url, body, content_type)  # as Converse.js
 
 Everything listens on 127.0.0.1 only; the browser runs in its own process group with a fresh
 profile in a temporary directory, and both are gone after ``close()``.
@@ -25,6 +25,8 @@ import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -211,15 +213,21 @@ class Chromium:
         self._ws = await self._http.ws_connect(f"ws://{LOOPBACK}:{port}{path}", max_msg_size=0)
         self._reader = asyncio.create_task(self._read())
 
-    async def open(self, url: str) -> BrowserPage:
-        """A new tab showing ``url`` (loaded), its console collected from the start."""
+    @asynccontextmanager
+    async def page(self, url: str) -> AsyncIterator[BrowserPage]:
+        """A new tab showing ``url`` (loaded), its console collected from the start; closed
+        on leaving the ``async with``."""
         target = await self.send("Target.createTarget", url="about:blank")
         attached = await self.send("Target.attachToTarget", targetId=target["targetId"], flatten=True)
         page = self._pages[attached["sessionId"]] = BrowserPage(self, attached["sessionId"])
-        for domain in ("Page", "Runtime", "Log"):
-            await page.send(f"{domain}.enable")
-        await page.navigate(url)
-        return page
+        try:
+            for domain in ("Page", "Runtime", "Log"):
+                await page.send(f"{domain}.enable")
+            await page.navigate(url)
+            yield page
+        finally:
+            del self._pages[page.session_id]
+            await self.send("Target.closeTarget", targetId=target["targetId"])
 
     async def send(self, method: str, *, session_id: str | None = None, **params: Any) -> dict[str, Any]:
         """Send one DevTools command and return its result; a protocol error raises ``ServerError``."""

@@ -11,23 +11,15 @@ serves while the XMPP side keeps trying to connect. Slots come from ``slixmpp-ht
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from browser import BrowserPage, Chromium, StaticSite, put_then_get
+from browser import Chromium, StaticSite, put_then_get
 from helpers import HttpService, unconnected_component
 from servers import anonymous_request, free_ports
 
 NAME = "très cool #1 ü;&=+.bin"
-
-
-@pytest.fixture(scope="module")
-async def sites() -> AsyncIterator[tuple[StaticSite, StaticSite]]:
-    """Two web sites on their own ports: two origins, neither the upload server's."""
-    async with StaticSite() as allowed, StaticSite() as other:
-        yield allowed, other
 
 
 def local_service(start_serve: Any, **http: Any) -> HttpService:
@@ -48,15 +40,9 @@ def open_service(start_serve: Any) -> HttpService:
 
 
 @pytest.fixture(scope="module")
-def restricted_service(start_serve: Any, sites: tuple[StaticSite, StaticSite]) -> HttpService:
+def restricted_service(start_serve: Any, web_origins: tuple[StaticSite, StaticSite]) -> HttpService:
     """``cors_origins`` = the first site only."""
-    return local_service(start_serve, cors_origins=[sites[0].origin])
-
-
-async def page_of(chromium: Chromium, site: StaticSite) -> BrowserPage:
-    page = await chromium.open(site.url)
-    assert await page.evaluate("location.origin") == site.origin
-    return page
+    return local_service(start_serve, cors_origins=[web_origins[0].origin])
 
 
 @pytest.mark.parametrize("content_type", ["image/png", ""], ids=["typed", "empty-type"])
@@ -67,17 +53,17 @@ async def test_cross_origin_put_then_get(
     content_type: str,
     service_name: str,
     site_index: int,
-    sites: tuple[StaticSite, StaticSite],
+    web_origins: tuple[StaticSite, StaticSite],
     chromium: Chromium,
     request: pytest.FixtureRequest,
 ) -> None:
     service: HttpService = request.getfixturevalue(service_name)
-    page = await page_of(chromium, sites[site_index])
     body = secrets.token_bytes(200_000) + bytes(range(256))
     put_url, get_url = service.slot(NAME, len(body), content_type)
     assert put_url.startswith(f"http://127.0.0.1:{service.port}/")
 
-    seen = await put_then_get(page, put_url, get_url, body, content_type)
+    async with chromium.page(web_origins[site_index].url) as page:
+        seen = await put_then_get(page, put_url, get_url, body, content_type)
     assert seen.error is None, f"{seen.error}\n{page.console}"
     assert (seen.put_status, seen.get_status) == (201, 200)
     assert seen.body == body
@@ -86,21 +72,20 @@ async def test_cross_origin_put_then_get(
 
 
 async def test_another_origin_is_blocked_by_the_browser(
-    restricted_service: HttpService, sites: tuple[StaticSite, StaticSite], chromium: Chromium
+    restricted_service: HttpService, web_origins: tuple[StaticSite, StaticSite], chromium: Chromium
 ) -> None:
-    page = await page_of(chromium, sites[1])
     body = b"from another origin\n"
     put_url, get_url = restricted_service.slot(NAME, len(body), "text/plain")
+    async with chromium.page(web_origins[1].url) as page:
+        seen = await put_then_get(page, put_url, get_url, body, "text/plain")
+        assert seen.error == "TypeError: Failed to fetch" and seen.put_status is None, seen
+        assert put_url.partition("?")[0] in await page.console_line("blocked by CORS policy")
+        # The preflight failed, so the PUT itself never left the browser: nothing was stored.
+        assert anonymous_request("GET", get_url)[0] == 404
 
-    seen = await put_then_get(page, put_url, get_url, body, "text/plain")
-    assert seen.error == "TypeError: Failed to fetch" and seen.put_status is None, seen
-    assert put_url.partition("?")[0] in await page.console_line("blocked by CORS policy")
-    # The preflight failed, so the PUT itself never left the browser: nothing was stored.
-    assert anonymous_request("GET", get_url)[0] == 404
-
-    # A file uploaded from elsewhere exists, but the page may not read it.
-    assert anonymous_request("PUT", put_url, body, {"Content-Type": "text/plain"})[0] == 201
-    page.console.clear()
-    seen = await put_then_get(page, None, get_url)
-    assert seen.error == "TypeError: Failed to fetch" and seen.get_status is None, seen
-    assert get_url in await page.console_line("blocked by CORS policy")
+        # A file uploaded from elsewhere exists, but the page may not read it.
+        assert anonymous_request("PUT", put_url, body, {"Content-Type": "text/plain"})[0] == 201
+        page.console.clear()
+        seen = await put_then_get(page, None, get_url)
+        assert seen.error == "TypeError: Failed to fetch" and seen.get_status is None, seen
+        assert get_url in await page.console_line("blocked by CORS policy")
