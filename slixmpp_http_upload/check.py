@@ -1,9 +1,11 @@
-"""``slixmpp-http-upload check``: prove a live S3 configuration works, step by step.
+"""``slixmpp-http-upload check``: prove a live configuration works, step by step.
 
 Create a slot for a small probe file, PUT it with exactly the headers a standard XEP-0363
-client sends, GET it back anonymously and compare, then DELETE it with the configured key.
-Each step prints one line; a failure names the S3 error code and a hint. URLs that are not
-https get a warning (clients such as Gajim refuse them), which does not fail the check.
+client sends, GET it back anonymously and compare, then delete it: from S3 with the configured
+key, or from the ``local`` backend's root (whose HTTP server — ``serve`` — must be running at
+``public_url``). Each step prints one line; a failure names the error (and for S3 a hint). URLs
+that are not https get a warning (clients such as Gajim refuse them), which does not fail the
+check.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from .local import LocalBackend
 from .s3 import S3Backend
 from .slot import SlotRequest
 
@@ -58,14 +61,14 @@ def http(method: str, url: str, data: bytes | None = None, headers: dict[str, st
         raise StepFailed(_describe_http_error(method, error.code, error.read())) from None
     except urllib.error.URLError as error:
         origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
-        raise StepFailed(f"cannot reach {origin}: {error.reason} — is the S3 endpoint up?") from None
+        raise StepFailed(f"cannot reach {origin}: {error.reason} — is the server (S3, or serve) up?") from None
     except (TimeoutError, OSError) as error:
         raise StepFailed(f"no answer: {error}") from None
 
 
 def _describe_http_error(method: str, status: int, body: bytes) -> str:
     code = _xml_text(body, "Code")
-    message = _xml_text(body, "Message")
+    message = _xml_text(body, "Message") if code else _plain_text(body)
     line = f"HTTP {status} {code or ''}".rstrip()
     if message:
         line += f": {message}"
@@ -78,7 +81,13 @@ def _xml_text(body: bytes, tag: str) -> str | None:
     return match.group(1).decode("utf-8", "replace") if match else None
 
 
-def run_check(backend: S3Backend, domain: str, out: TextIO) -> bool:
+def _plain_text(body: bytes) -> str | None:
+    """The first line of a short plain-text answer (what the built-in HTTP server says)."""
+    text = body[:200].decode("utf-8", "replace").strip()
+    return text.splitlines()[0] if text and not text.startswith("<") else None
+
+
+def run_check(backend: S3Backend | LocalBackend, domain: str, out: TextIO) -> bool:
     """Run every step, print one line each; True when all passed."""
     filename = f"slixmpp-http-upload-check-{secrets.token_hex(4)}.txt"
     request = SlotRequest(filename=filename, size=len(PROBE), content_type="text/plain", domain=domain)
@@ -98,6 +107,10 @@ def run_check(backend: S3Backend, domain: str, out: TextIO) -> bool:
         return f"HTTP {answer.status}, same {len(PROBE)} bytes, no credentials"
 
     def delete() -> str:
+        if isinstance(backend, LocalBackend):
+            token = urlsplit(slot.get_url).path.split("/")[-2]
+            backend.store.delete(token)
+            return f"removed from {backend.store.root}"
         key_path = urlsplit(slot.get_url).path
         url = backend.presigned_url("DELETE", key_path, {"host": backend.bucket.host})
         return f"HTTP {http('DELETE', url).status}"

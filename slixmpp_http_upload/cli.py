@@ -14,6 +14,7 @@ from importlib.metadata import version
 
 from .backends import create_backend
 from .config import Config, config_path, load_config
+from .local import LocalBackend
 from .options import ConfigError
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
@@ -58,12 +59,12 @@ def command_urls(args: argparse.Namespace, config: Config) -> int:
 
 
 def command_check(args: argparse.Namespace, config: Config) -> int:
-    """Verify the S3 configuration against the live server."""
+    """Verify the storage configuration against the live server."""
     from .check import run_check
 
     backend = create_backend(config.http_upload)
-    if not isinstance(backend, S3Backend):
-        raise Refused(f"check knows the s3 backend only, not {config.http_upload.backend!r}")
+    if not isinstance(backend, S3Backend | LocalBackend):
+        raise Refused(f"check knows the s3 and local backends only, not {config.http_upload.backend!r}")
     domain = config.component.domains[0] if config.component.domains else "localhost"
     return 0 if run_check(backend, domain, sys.stdout) else 1
 
@@ -76,7 +77,7 @@ def command_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="XEP-0363 HTTP File Upload service backed by S3.")
+    parser = argparse.ArgumentParser(prog=PROG, description="XEP-0363 HTTP File Upload service, with its own file store or S3.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version(PROG)}")
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument(
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     urls.add_argument("expiration", metavar="EXPIRATION", help="seconds the PUT URL stays valid")
     urls.set_defaults(run=command_urls)
 
-    check = commands.add_parser("check", parents=[config_option], help="verify the S3 configuration live")
+    check = commands.add_parser("check", parents=[config_option], help="verify the storage configuration live")
     check.set_defaults(run=command_check)
 
     serve = commands.add_parser("serve", parents=[config_option], help="run the upload component(s)")

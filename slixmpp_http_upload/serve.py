@@ -14,9 +14,10 @@ exit status 1: retrying cannot help.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from slixmpp import ComponentXMPP
@@ -24,6 +25,8 @@ from slixmpp.stanza import StreamError
 
 from .backends import Backend, create_backend
 from .config import Config, MetricsSettings
+from .http import HttpServer
+from .local import LocalBackend
 from .metrics import SlotMetrics
 from .options import ConfigError
 
@@ -86,22 +89,24 @@ async def _serve(config: Config) -> int:
         for domain in component.domains
     ]
     counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
-    stop_http = await _start_http(config, backend, counters)
-    stop_metrics = _start_metrics(config.metrics, counters)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    tasks = [asyncio.create_task(link.run(), name=link.name) for link in links]
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (stopper, *tasks):
-            task.cancel()
-        await asyncio.gather(*(link.close() for link in links))
-        stop_metrics()
-        await stop_http()
+    async with contextlib.AsyncExitStack() as running:
+        running.callback(_start_metrics(config.metrics, counters))
+        if isinstance(backend, LocalBackend):  # the files are here: serve them
+            http = HttpServer(config.http, backend, counters if config.metrics.port is not None else None)
+            await http.start()
+            running.push_async_callback(http.stop)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        tasks = [asyncio.create_task(link.run(), name=link.name) for link in links]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopper, *tasks):
+                task.cancel()
+            await asyncio.gather(*(link.close() for link in links))
     return _exit_status(tasks)
 
 
@@ -116,25 +121,6 @@ def _exit_status(tasks: list[asyncio.Task[None]]) -> int:
             raise error
     log.info("stopped")
     return 0
-
-
-async def _start_http(
-    config: Config, backend: Backend, counters: list[SlotMetrics]
-) -> Callable[[], Awaitable[None]]:
-    """Start the built-in HTTP server when the backend keeps the files here; return what stops it."""
-    from .local import LocalBackend
-
-    if not isinstance(backend, LocalBackend):
-        return _nothing
-    from .http import HttpServer
-
-    server = HttpServer(config.http, backend, counters if config.metrics.port is not None else None)
-    await server.start()
-    return server.stop
-
-
-async def _nothing() -> None:
-    pass
 
 
 def _start_metrics(settings: MetricsSettings, sources: list[SlotMetrics]) -> Callable[[], None]:

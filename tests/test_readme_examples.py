@@ -25,7 +25,7 @@ import slixmpp
 from slixmpp.exceptions import IqError
 from yarl import URL
 
-from helpers import DOMAIN, HttpService, seaweedfs_s3, write_s3_config
+from helpers import DOMAIN, HttpService, seaweedfs_s3, write_s3_config, write_toml
 from servers import Nginx, find_nginx, free_ports, make_test_certificates
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.backends import create_backend
@@ -272,3 +272,27 @@ async def request_slot(client: slixmpp.ClientXMPP, to: str, size: int):
         )
     )
     return await iq.send(timeout=10)
+
+
+async def test_readme_local_bot_takes_the_upload_itself(prosody, xmpp_clients, tmp_path: Path) -> None:
+    namespace: dict = {}
+    exec(compile(readme_block("start_local_upload_bot"), "README.rst", "exec"), namespace)
+    (port,) = free_ports(1)
+    config = write_toml(tmp_path / "bot.toml", {"http": {"port": port}})
+    bot, server = await namespace["start_local_upload_bot"](
+        f"{prosody.jid('alice')}/bot", prosody.users["alice"], config
+    )
+    try:
+        await xmpp_clients.login(bot, prosody)
+        bob = await xmpp_clients.connect(prosody, "bob")
+        slot = (await request_slot(bob, bot.boundjid.full, 10))["http_upload_slot"]
+        put_url, get_url = slot["put"]["url"], slot["get"]["url"]
+        assert get_url.startswith(f"http://127.0.0.1:{port}/")
+        async with aiohttp.ClientSession() as http:
+            async with http.put(put_url, data=b"0123456789", headers={"Content-Type": "text/plain"}) as put:
+                assert put.status == 201
+            async with http.get(get_url) as got:
+                assert await got.read() == b"0123456789"
+        assert (tmp_path / "uploads").is_dir()
+    finally:
+        await server.stop()

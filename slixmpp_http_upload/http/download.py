@@ -52,7 +52,7 @@ class DownloadHandler:
         self.store = store
         self.prefix = prefix
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_target(request.rel_url.raw_path, self.prefix)
         stored = self.store.open(target.token, target.name) if target else None
         if stored is None:

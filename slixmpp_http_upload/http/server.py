@@ -15,6 +15,7 @@ An embedding bot runs it the same way::
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -53,8 +54,8 @@ def make_app(
 
         app.router.add_get("/metrics", metrics_handler(metrics))
     upload = UploadHandler(backend.store, backend.signer, prefix, settings.max_uploads, idle_timeout)
-    app.router.add_route("PUT", "/{path:.*}", upload, expect_handler=_no_early_continue)
-    app.router.add_get("/{path:.*}", DownloadHandler(backend.store, prefix))
+    app.router.add_route("PUT", "/{path:.*}", upload.handle, expect_handler=_no_early_continue)
+    app.router.add_get("/{path:.*}", DownloadHandler(backend.store, prefix).handle)
     app.router.add_route("OPTIONS", "/{path:.*}", cors.preflight)
     return app
 
@@ -87,7 +88,8 @@ class HttpServer:
         except OSError as error:
             await self.runner.cleanup()
             where = f"{self.settings.bind}:{self.settings.port}"
-            raise ConfigError("http.port", f"cannot listen on {where}: {error.strerror or error}") from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise ConfigError("http.port", f"cannot listen on {where}: {reason}") from None
         scheme = "https" if context else "http"
         log.info(
             "HTTP server on %s://%s:%d (public URL %s), files stored in %s",

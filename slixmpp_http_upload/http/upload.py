@@ -64,7 +64,7 @@ class UploadHandler:
     idle_timeout: float = IDLE_TIMEOUT
     active: int = 0
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_target(request.rel_url.raw_path, self.prefix)
         if target is None:
             return _plain(404, "no such slot")

@@ -1,0 +1,150 @@
+"""The ``local`` backend without its HTTP server: the backend default, where files and the URL
+key live, the slot URLs ``urls`` prints, and the signature that authorises a PUT."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+
+from helpers import run_cli, write_toml
+from slixmpp_http_upload.config import load_config
+from slixmpp_http_upload.local import Forbidden, LocalBackend, UrlSigner
+from slixmpp_http_upload.slot import SlotRequest
+
+NOW = 1_800_000_000
+
+
+def urls(config: Path, filename: str = "file.txt", size: str = "10", content_type: str = "") -> tuple[str, str]:
+    status, out, err = run_cli("urls", "-c", str(config), "example.org", filename, size, content_type, "300")
+    assert status == 0 and err == "", err
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    return lines["PutURL"], lines["GetURL"]
+
+
+def signed(put_url: str) -> tuple[str, str, dict[str, str]]:
+    """Token, file name and query of a PUT URL."""
+    parts = urlsplit(put_url)
+    _, token, name = parts.path.rsplit("/", 2)
+    return token, unquote(name), dict(parse_qsl(parts.query))
+
+
+def test_a_config_with_only_component_serves_from_uploads_beside_it(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "conf").mkdir()
+    config = write_toml(tmp_path / "conf" / "upload.toml", {"component": {"domains": ["example.org"]}})
+    monkeypatch.chdir(tmp_path)  # relative to the file, not to the working directory
+    put_url, get_url = urls(config, "très cool #1.txt", "10", "text/plain")
+
+    token, name, query = signed(put_url)
+    assert get_url == f"http://127.0.0.1:8080/{token}/tr%C3%A8s%20cool%20%231.txt"
+    assert put_url.startswith(get_url + "?")
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert name == "très cool #1.txt"
+    assert set(query) == {"expires", "size", "type", "sig"}
+    assert (query["size"], query["type"]) == ("10", "text/plain")
+    key_file = tmp_path / "conf" / "uploads" / ".url-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert not (tmp_path / "uploads").exists()
+    assert load_config(config).http_upload.backend == "local"
+
+
+def test_the_url_key_survives_restarts(tmp_path: Path) -> None:
+    config = write_toml(tmp_path / "upload.toml", {"http_upload": {"local": {"root": "files"}}})
+    first_put, _ = urls(config)
+    key = (tmp_path / "files" / ".url-key").read_text()
+    second_put, _ = urls(config)
+    assert (tmp_path / "files" / ".url-key").read_text() == key
+    # a URL signed by the first run is accepted by a backend made afresh
+    backend = load_backend(config)
+    for put_url in (first_put, second_put):
+        token, name, query = signed(put_url)
+        assert backend.signer.check(token, name, query, now=0).size == 10
+
+
+def test_a_configured_url_key_signs_and_no_key_file_is_made(tmp_path: Path) -> None:
+    key = "a configured key of some length"
+    config = write_toml(tmp_path / "upload.toml", {"http_upload": {"local": {"root": "files", "url_key": key}}})
+    put_url, _ = urls(config, content_type="")
+    token, name, query = signed(put_url)
+    assert "type" not in query  # no type declared: none signed
+    assert UrlSigner(key.encode()).check(token, name, query, now=0).content_type is None
+    assert not (tmp_path / "files" / ".url-key").exists()
+
+
+def test_public_url_and_path_prefix(tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path / "upload.toml", {"http": {"public_url": "https://Up.Example.org/files/", "port": 9000}}
+    )
+    put_url, get_url = urls(config, "a/b\\c.txt")
+    assert get_url.startswith("https://up.example.org/files/")
+    assert get_url.endswith("/a_b_c.txt")  # one path segment, like the S3 backend's
+
+
+@pytest.mark.parametrize(
+    "http, public_url",
+    [
+        ({}, "http://127.0.0.1:8080"),
+        ({"bind": "::1", "port": 8443}, "http://[::1]:8443"),
+        ({"tls_cert": "c.pem", "tls_key": "k.pem"}, "https://127.0.0.1:8080"),
+        ({"public_url": "http://localhost:80"}, "http://localhost"),
+    ],
+)
+def test_public_url_default(tmp_path: Path, http: dict[str, object], public_url: str) -> None:
+    config = load_config(write_toml(tmp_path / "upload.toml", {"http": http}))
+    assert config.http.public_url == public_url
+    assert config.http_upload.public_url == public_url
+    if "tls_cert" in http:
+        assert config.http.tls_cert == tmp_path / "c.pem" and config.http.tls_key == tmp_path / "k.pem"
+
+
+def test_http_defaults(tmp_path: Path) -> None:
+    http = load_config(write_toml(tmp_path / "upload.toml", {})).http
+    assert (http.bind, http.port, http.cors_origins, http.max_uploads) == ("127.0.0.1", 8080, ("*",), 64)
+    assert http.tls_cert is None and http.tls_key is None
+
+
+def test_an_s3_table_makes_s3_the_default(tmp_path: Path) -> None:
+    s3 = {"bucket_url": "https://b.example.org", "region": "eu-west-1", "access_key_id": "AK", "secret_access_key": "x"}
+    config = load_config(write_toml(tmp_path / "upload.toml", {"http_upload": {"s3": s3}}))
+    assert config.http_upload.backend == "s3"
+    assert not (tmp_path / "uploads").exists()
+
+
+def load_backend(config: Path) -> LocalBackend:
+    from slixmpp_http_upload.backends import create_backend
+
+    backend = create_backend(load_config(config).http_upload)
+    assert isinstance(backend, LocalBackend)
+    return backend
+
+
+def test_every_signed_field_counts(tmp_path: Path) -> None:
+    backend = load_backend(write_toml(tmp_path / "upload.toml", {}))
+    slot = backend.make_slot(SlotRequest("photo.jpg", 1234, "image/jpeg", "example.org"), now=NOW)
+    token, name, query = signed(slot.put_url)
+    grant = backend.signer.check(token, name, query, now=NOW)
+    assert (grant.size, grant.content_type) == (1234, "image/jpeg")
+
+    other_token = ("0" if token[0] != "0" else "1") + token[1:]
+    tampered = [
+        (other_token, name, query),
+        (token, "photo.png", query),
+        (token, name, {**query, "size": "1235"}),
+        (token, name, {**query, "type": "text/html"}),
+        (token, name, {key: value for key, value in query.items() if key != "type"}),
+        (token, name, {**query, "expires": str(int(query["expires"]) + 1)}),
+        (token, name, {**query, "sig": query["sig"][:-1] + ("A" if query["sig"][-1] != "A" else "B")}),
+        (token, name, {key: value for key, value in query.items() if key != "sig"}),
+        (token, name, {**query, "size": "-1"}),
+        (token, name, {}),
+    ]
+    for case in tampered:
+        with pytest.raises(Forbidden):
+            backend.signer.check(*case, now=NOW)
+    with pytest.raises(Forbidden, match="expired"):
+        backend.signer.check(token, name, query, now=NOW + backend.expiration_time + 1)
+    # another key refuses the same URL
+    with pytest.raises(Forbidden):
+        UrlSigner(b"another key, sixteen bytes or more").check(token, name, query, now=NOW)
