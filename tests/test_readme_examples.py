@@ -4,6 +4,7 @@ serves slots once installed through the entry-point group."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import importlib
@@ -98,11 +99,10 @@ def substituted(text: str, replacements: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def behind_nginx(start_serve, tmp_path: Path) -> Iterator[tuple[HttpService, Nginx, ssl.SSLContext]]:
+def behind_nginx(start_serve, tmp_path: Path) -> Iterator[tuple[HttpService, Nginx, Path]]:
     """``serve`` from the README's quick-start configuration with its ``[http]`` addition (on
     free ports, an XMPP server that never answers), behind nginx running the README's server
-    block with a certificate for ``localhost`` from a throw-away CA; and a client TLS context
-    that trusts that CA."""
+    block with a certificate for ``localhost`` from a throw-away CA; and that CA's certificate."""
     if find_nginx() is None:
         pytest.skip("nginx not found; ./tests/run installs it")
     component_port, http_port, https_port = free_ports(3)
@@ -124,7 +124,7 @@ def behind_nginx(start_serve, tmp_path: Path) -> Iterator[tuple[HttpService, Ngi
         },
     )
     with Nginx(server_block, [https_port]) as nginx:
-        yield service, nginx, ssl.create_default_context(cafile=certificates.ca_path)
+        yield service, nginx, certificates.ca_path
 
 
 def readme_start_up_log(replacements: dict[str, str]) -> list[str]:
@@ -136,21 +136,10 @@ def readme_start_up_log(replacements: dict[str, str]) -> list[str]:
 
 
 async def test_readme_quick_start_behind_its_nginx_recipe(behind_nginx) -> None:
-    service, nginx, tls = behind_nginx
+    service, nginx, tls_ca = behind_nginx
+    tls = ssl.create_default_context(cafile=tls_ca)
     root = Path(service.config).parent / "uploads"  # "uploads beside upload.toml"
     assert (root / ".url-key").is_file()
-    component_port = tomllib.loads(Path(service.config).read_text())["component"]["port"]
-    for line in readme_start_up_log(
-        {
-            "upload.example.com": f"upload.{DOMAIN}",
-            "127.0.0.1:5347": f"127.0.0.1:{component_port}",
-            "http://127.0.0.1:8080 (public URL http://127.0.0.1:8080)": (
-                f"http://127.0.0.1:{service.port} (public URL https://localhost:{nginx.ports[0]})"
-            ),
-            "/home/xmpp/uploads": str(root),
-        }
-    ):
-        assert line in service.process.stderr
     body = secrets.token_bytes(3 << 20)  # over nginx's default limit of 1 MB
     put_url, get_url = service.slot("tr\u00e8s #1.bin", len(body), "application/x-test")
     assert put_url.startswith(f"https://localhost:{nginx.ports[0]}/")  # public_url
@@ -166,10 +155,35 @@ async def test_readme_quick_start_behind_its_nginx_recipe(behind_nginx) -> None:
             assert await answer.read() == body
         async with http.get(get, headers={"Range": "bytes=1000-1999"}, ssl=tls) as answer:
             assert (answer.status, await answer.read()) == (206, body[1000:2000])
-    # Through nginx (its log), and streamed both ways: nginx wrote neither body to its disk.
+    # Written before the server took its first request, and says what the README says.
+    component_port = tomllib.loads(Path(service.config).read_text())["component"]["port"]
+    for line in readme_start_up_log(
+        {
+            "upload.example.com": f"upload.{DOMAIN}",
+            "127.0.0.1:5347": f"127.0.0.1:{component_port}",
+            "http://127.0.0.1:8080 (public URL http://127.0.0.1:8080)": (
+                f"http://127.0.0.1:{service.port} (public URL https://localhost:{nginx.ports[0]})"
+            ),
+            "/home/xmpp/uploads": str(root),
+        }
+    ):
+        assert line in service.process.stderr
+    # Through nginx (its log), and streamed: nginx did not keep the body on its disk first.
     assert f'"PUT {urlsplit(put_url).path}?' in nginx.access_log.read_text()
     log = nginx.error_log.read_text()
     assert "buffered to a temporary file" not in log, log
+
+    # And check, the README's next step, passes through it without the warning about http.
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "slixmpp_http_upload", "check", "-c", service.config],
+        env={**os.environ, "SSL_CERT_FILE": str(tls_ca)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "warn" not in done.stdout, done.stdout + done.stderr
+    assert "ok    get     HTTP 200" in done.stdout
 
 
 # --- the custom backend ---------------------------------------------------------------------
