@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -72,6 +73,16 @@ def prosody() -> Iterator[Prosody]:
 
 
 # ---------------------------------------------------- serve (subprocess) and clients
+
+
+@pytest.fixture(scope="session")
+def xmpp_down() -> Iterator[int]:
+    """A port held bound but never listening: a component told to connect there is refused
+    (and keeps trying), while ``serve``'s HTTP server serves all the same."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
 
 
 class ServeProcess:

@@ -97,8 +97,8 @@ def serve_config(
 
 def unconnected_component(port: int) -> dict[str, Any]:
     """A ``[component]`` table for domain ``localhost`` whose server never answers (``port`` is
-    one nothing listens on): ``serve`` keeps trying to connect, and its HTTP server serves all
-    the same."""
+    one nothing listens on, such as the ``xmpp_down`` fixture's): ``serve`` keeps trying to
+    connect, and its HTTP server serves all the same."""
     return {"server": "127.0.0.1", "port": port, "secret": "unused", "domains": [DOMAIN]}
 
 

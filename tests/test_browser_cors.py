@@ -22,11 +22,11 @@ from servers import anonymous_request, free_ports
 NAME = "très cool #1 ü;&=+.bin"
 
 
-def local_service(start_serve: Any, **http: Any) -> HttpService:
+def local_service(start_serve: Any, xmpp_down: int, **http: Any) -> HttpService:
     """``serve`` with the local backend and ``http`` options, its HTTP server on a free port."""
-    component_port, http_port = free_ports(2)
+    (http_port,) = free_ports(1)
     document = {
-        "component": unconnected_component(component_port),
+        "component": unconnected_component(xmpp_down),
         "http": {"port": http_port, **http},
         "http_upload": {"expiration_time": 300, "local": {"root": f"uploads-{http_port}"}},
     }
@@ -34,15 +34,15 @@ def local_service(start_serve: Any, **http: Any) -> HttpService:
 
 
 @pytest.fixture(scope="module")
-def open_service(start_serve: Any) -> HttpService:
+def open_service(start_serve: Any, xmpp_down: int) -> HttpService:
     """The default ``cors_origins``: any origin."""
-    return local_service(start_serve)
+    return local_service(start_serve, xmpp_down)
 
 
 @pytest.fixture(scope="module")
-def restricted_service(start_serve: Any, web_origins: tuple[StaticSite, StaticSite]) -> HttpService:
+def restricted_service(start_serve: Any, xmpp_down: int, web_origins: tuple[StaticSite, StaticSite]) -> HttpService:
     """``cors_origins`` = the first site only."""
-    return local_service(start_serve, cors_origins=[web_origins[0].origin])
+    return local_service(start_serve, xmpp_down, cors_origins=[web_origins[0].origin])
 
 
 @pytest.mark.parametrize("content_type", ["image/png", ""], ids=["typed", "empty-type"])

@@ -99,15 +99,15 @@ def substituted(text: str, replacements: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def behind_nginx(start_serve, tmp_path: Path) -> Iterator[tuple[HttpService, Nginx, Path]]:
+def behind_nginx(start_serve, xmpp_down: int, tmp_path: Path) -> Iterator[tuple[HttpService, Nginx, Path]]:
     """``serve`` from the README's quick-start configuration with its ``[http]`` addition (on
     free ports, an XMPP server that never answers), behind nginx running the README's server
     block with a certificate for ``localhost`` from a throw-away CA; and that CA's certificate."""
     if find_nginx() is None:
         pytest.skip("nginx not found; ./tests/run installs it")
-    component_port, http_port, https_port = free_ports(3)
+    http_port, https_port = free_ports(2)
     quick_start, http, _s3 = readme_blocks("toml")
-    config = substituted(quick_start, {"port = 5347": f"port = {component_port}", '"example.com"': f'"{DOMAIN}"'})
+    config = substituted(quick_start, {"port = 5347": f"port = {xmpp_down}", '"example.com"': f'"{DOMAIN}"'})
     config += substituted(http, {"https://upload.example.com": f"https://localhost:{https_port}"})
     config += f"port = {http_port}\n"  # not the default 8080: the machine is shared
     service = HttpService(start_serve, tomllib.loads(config))

@@ -10,7 +10,6 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,14 +21,6 @@ from helpers import DOMAIN, awk_field, run_cli, write_toml
 from servers import free_ports
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.filestore import TEMPORARY
-
-
-@pytest.fixture(scope="module")
-def xmpp_down() -> Iterator[int]:
-    """A port held bound but never listening: the component's connects are refused."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield bound.getsockname()[1]
 
 
 def local_config(xmpp_port: int, http_port: int, **tables: Any) -> dict[str, Any]:
