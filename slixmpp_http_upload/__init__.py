@@ -1,4 +1,5 @@
-"""XEP-0363 HTTP File Upload service for slixmpp, backed by S3 presigned URLs.
+"""XEP-0363 HTTP File Upload service for slixmpp: files on this machine (the ``local`` backend and
+its HTTP server) or S3 presigned URLs.
 
 Importing the package registers the slixmpp plugin ``http_upload_server``.
 """

@@ -5,7 +5,8 @@ A backend turns a :class:`~slixmpp_http_upload.slot.SlotRequest` into a
 ``factory(settings, options, path) -> Backend``, where ``settings`` are the
 ``[http_upload]`` values, ``options`` the backend's own raw table (``[http_upload.<name>]``)
 and ``path`` the key path to name in a :class:`~slixmpp_http_upload.options.ConfigError`.
-A factory checks its options and does no I/O; ``create_slot`` may.
+A factory checks its options and does no I/O (the ``local`` backend's prepares its root and
+key, so that a root it cannot write is a configuration error); ``create_slot`` may.
 
 Factories are found, in this order, among those given to :func:`register_backend` and those
 published in the entry-point group ``slixmpp_http_upload.backends`` (the S3 backend is one).

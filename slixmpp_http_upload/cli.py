@@ -70,7 +70,7 @@ def command_check(args: argparse.Namespace, config: Config) -> int:
 
 
 def command_serve(args: argparse.Namespace, config: Config) -> int:
-    """Run the upload component(s) until SIGINT or SIGTERM."""
+    """Run the upload component(s), and the HTTP server of the local backend, until SIGINT or SIGTERM."""
     from .serve import serve
 
     return serve(config, verbose=args.verbose)
@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", parents=[config_option], help="verify the storage configuration live")
     check.set_defaults(run=command_check)
 
-    serve = commands.add_parser("serve", parents=[config_option], help="run the upload component(s)")
+    serve = commands.add_parser(
+        "serve", parents=[config_option], help="run the upload component(s) (and, for the local backend, the HTTP server)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log each slot and each refusal")
     serve.set_defaults(run=command_serve)
     return parser

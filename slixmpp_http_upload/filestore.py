@@ -62,10 +62,10 @@ class FileStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (root / TEMPORARY).mkdir(exist_ok=True)
-        self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
-        os.close(self._root_fd)
+        os.close(self.root_fd)
 
     def url_key(self) -> bytes:
         """The signing key kept in the root: made once (32 random bytes, mode 0600), then reused."""
@@ -83,7 +83,7 @@ class FileStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.fsync(self._root_fd)
+        os.fsync(self.root_fd)
         return key
 
     def clean_temporary(self) -> int:
@@ -100,20 +100,20 @@ class FileStore:
     def has(self, token: str) -> bool:
         """Whether an upload (completed) holds ``token``."""
         try:
-            os.stat(token, dir_fd=self._root_fd, follow_symlinks=False)
+            os.stat(token, dir_fd=self.root_fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
         return True
 
     def free_bytes(self) -> int:
         """Space left on the root's file system for an unprivileged writer."""
-        info = os.statvfs(self._root_fd)
+        info = os.statvfs(self.root_fd)
         return info.f_bavail * info.f_frsize
 
     def open(self, token: str, name: str) -> StoredFile | None:
         """The completed upload ``token`` if it was stored under ``name``; None otherwise."""
         try:
-            folder = os.open(token, _DIRECTORY, dir_fd=self._root_fd)
+            folder = os.open(token, _DIRECTORY, dir_fd=self.root_fd)
         except OSError:
             return None
         try:
@@ -138,7 +138,7 @@ class FileStore:
         """Remove a completed upload (gone for readers at once)."""
         folder = self.root / TEMPORARY / f"delete-{token}-{secrets.token_hex(4)}"
         try:
-            os.rename(token, folder, src_dir_fd=self._root_fd)
+            os.rename(token, folder, src_dir_fd=self.root_fd)
         except FileNotFoundError:
             return
         shutil.rmtree(folder, ignore_errors=True)
@@ -211,12 +211,12 @@ class Upload:
         finally:
             os.close(folder)
         try:
-            os.rename(self.folder, self.token, dst_dir_fd=self.store._root_fd)
+            os.rename(self.folder, self.token, dst_dir_fd=self.store.root_fd)
         except OSError as error:
             if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 raise SlotTaken(self.token) from None
             raise
-        os.fsync(self.store._root_fd)
+        os.fsync(self.store.root_fd)
 
     def discard(self) -> None:
         """Forget the upload (nothing of it stays); safe to call more than once."""

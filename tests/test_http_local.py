@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import aiohttp
 import pytest
 
 from helpers import write_toml
+from servers import make_test_certificates
 from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import load_config
 from slixmpp_http_upload.filestore import TEMPORARY
@@ -458,7 +461,8 @@ async def test_error_answers_carry_cors_too(served: Served) -> None:
 # ---------------------------------------------------- clients that go away, limits, full disk
 
 
-async def test_a_client_that_disconnects_early_leaves_nothing(served: Served) -> None:
+async def test_a_client_that_disconnects_early_leaves_nothing(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="slixmpp_http_upload")
     slot = served.slot("gone.bin", 1_000_000)
     target = request_target(slot.put_url)
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
@@ -470,6 +474,20 @@ async def test_a_client_that_disconnects_early_leaves_nothing(served: Served) ->
     assert not served.stored()
     assert (await served.get(slot.get_url))[0].status == 404
     assert (await served.put(slot, b"y" * 1_000_000)).status == 201  # the slot still works
+    assert "the client went away after" in caplog.text
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+
+
+async def test_stopping_the_server_drops_an_unfinished_upload(tmp_path: Path) -> None:
+    async with serving(tmp_path) as served:
+        slot = served.slot("cut.bin", 100)
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(f"PUT {request_target(slot.put_url)} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".encode())
+        await writer.drain()
+        await wait_until(lambda: served.leftovers(), "uploading")
+        await served.server.stop()
+        writer.close()
+        assert not served.leftovers() and not served.stored()
 
 
 async def test_a_silent_client_is_dropped(tmp_path: Path) -> None:
@@ -548,5 +566,27 @@ async def test_metrics_are_served_when_on(tmp_path: Path) -> None:
     async with serving(tmp_path, metrics=True) as served:
         got, data = await served.get(f"{served.url}/metrics")
         assert got.status == 200 and b'xmpp_http_upload_create_slot_total{host="upload.example.org"} 0.0' in data
-    async with serving(tmp_path / "off" if (tmp_path / "off").mkdir() is None else tmp_path) as served:
+    (tmp_path / "off").mkdir()
+    async with serving(tmp_path / "off") as served:
         assert (await served.get(f"{served.url}/metrics"))[0].status == 404
+
+
+async def test_the_server_speaks_https_itself(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    certificates = make_test_certificates(tmp_path / "tls")
+    http = {"tls_cert": str(certificates.cert_path), "tls_key": str(certificates.key_path)}
+    async with serving(tmp_path, http=http) as served:
+        slot = served.slot("secure.txt", 6, "text/plain")
+        assert slot.put_url.startswith(f"https://127.0.0.1:{served.port}/")
+        trusted = ssl.create_default_context(cafile=str(certificates.ca_path))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusted)) as session:
+            async with session.put(slot.put_url, data=b"secret", headers={"Content-Type": "text/plain"}) as put:
+                assert put.status == 201
+            async with session.get(slot.get_url) as got:
+                assert await got.read() == b"secret"
+            big = served.slot("big.bin", 500_000)  # beyond the small-file read, through TLS
+            body = secrets.token_bytes(500_000)
+            async with session.put(big.put_url, data=body) as put:
+                assert put.status == 201
+            async with session.get(big.get_url) as got:
+                assert await got.read() == body

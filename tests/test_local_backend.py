@@ -8,11 +8,14 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers import run_cli, write_toml
+from helpers import accepted_filenames, run_cli, write_toml
 from slixmpp_http_upload.config import load_config
+from slixmpp_http_upload.http.target import parse_target
 from slixmpp_http_upload.local import Forbidden, LocalBackend, UrlSigner
-from slixmpp_http_upload.slot import SlotRequest
+from slixmpp_http_upload.slot import SlotRequest, object_name
 
 NOW = 1_800_000_000
 
@@ -148,3 +151,43 @@ def test_every_signed_field_counts(tmp_path: Path) -> None:
     # another key refuses the same URL
     with pytest.raises(Forbidden):
         UrlSigner(b"another key, sixteen bytes or more").check(token, name, query, now=NOW)
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> LocalBackend:
+    return load_backend(write_toml(tmp_path_factory.mktemp("local") / "upload.toml", {}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=accepted_filenames(st.sampled_from(["/", "\\", "..", "%2F", "%00"]), max_parts=12))
+def test_any_accepted_file_name_comes_back_from_its_urls(backend: LocalBackend, name: str) -> None:
+    """What the server reads from a slot's URLs is the name and the grant that were signed."""
+    slot = backend.make_slot(SlotRequest(name, 5, "text/plain", "example.org"), now=NOW)
+    put = urlsplit(slot.put_url)
+    target = parse_target(put.path)
+    assert target is not None and target.name == object_name(name)
+    assert parse_target(urlsplit(slot.get_url).path) == target
+    grant = backend.signer.check(target.token, target.name, dict(parse_qsl(put.query)), now=NOW)
+    assert (grant.size, grant.content_type) == (5, "text/plain")
+
+
+
+_PATH_PIECES = st.lists(
+    st.one_of(
+        st.sampled_from(["", ".", "..", "%2e%2e", "%2F", "%5C", "%00", "\\", "/", "ab" * 16, "%ff", "~", "C:"]),
+        st.text(max_size=6),
+    ),
+    max_size=6,
+).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=st.one_of(_PATH_PIECES, _PATH_PIECES.map(lambda rest: f"/{'ab' * 16}/{rest}")))
+def test_no_request_path_names_anything_outside_the_root(path: str) -> None:
+    """Whatever the path, a target is one hex folder and one plain name in it."""
+    target = parse_target(path)
+    if target is not None:
+        assert all(char in "0123456789abcdef" for char in target.token)
+        assert target.name not in (".", "..")
+        assert not any(char in target.name for char in "/\\\0")
+        assert not any(ord(char) < 0x20 for char in target.name)

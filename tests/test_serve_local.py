@@ -57,7 +57,7 @@ async def test_kill_9_during_an_upload_then_restart(start_serve: Any, xmpp_down:
     (http_port,) = free_ports(1)
     document = local_config(xmpp_down, http_port)
     process = start_serve(document)
-    config = process._out.with_suffix(".toml")
+    config = process.config
     base = f"http://127.0.0.1:{http_port}"
     await wait_for_http(base + "/", process)
     assert f"files stored in {config.parent / 'uploads'}" in process.stderr
@@ -109,7 +109,7 @@ async def test_check_and_metrics_with_the_local_backend(start_serve: Any, xmpp_d
     document = local_config(xmpp_down, http_port, metrics={"port": metrics_port})
     document["http_upload"]["local"] = {"root": "check-uploads"}  # start_serve's folder is shared
     process = start_serve(document)
-    config = process._out.with_suffix(".toml")
+    config = process.config
     await wait_for_http(f"http://127.0.0.1:{http_port}/", process)
 
     status, out, err = await asyncio.to_thread(run_cli, "check", "-c", str(config))

@@ -32,6 +32,10 @@ from .upload import IDLE_TIMEOUT, UploadHandler
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE = 5.0
+"""Seconds that requests in progress get to finish when the server stops (then they are
+cancelled: an unfinished upload leaves nothing)."""
+
 
 async def _no_early_continue(request: web.Request) -> None:
     """The PUT handler sends ``100 Continue`` itself, once the request has passed its checks."""
@@ -72,7 +76,8 @@ class HttpServer:
     ) -> None:
         self.settings = settings
         self.backend = backend
-        self.runner = web.AppRunner(make_app(settings, backend, metrics, idle_timeout), access_log=None)
+        app = make_app(settings, backend, metrics, idle_timeout)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE)
 
     async def start(self) -> None:
         """Clean what a previous run left unfinished, then listen; a port that cannot be had or

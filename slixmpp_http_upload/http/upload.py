@@ -110,9 +110,7 @@ class UploadHandler:
                 async with asyncio.timeout(self.idle_timeout):
                     chunk = await request.content.read(min(CHUNK, length - upload.written))
                 if not chunk:
-                    log.info("upload %s…: the client stopped after %d of %d bytes", token[:8], upload.written, length)
-                    upload.discard()
-                    return _plain(400, "the body ended early", close=True)
+                    raise ConnectionResetError("the body ended early")
                 upload.write(chunk)
             await upload.commit()
         except TimeoutError:
@@ -121,6 +119,10 @@ class UploadHandler:
             return _plain(408, f"no bytes for {self.idle_timeout:g} s", close=True)
         except SlotTaken:
             return _plain(409, "this slot already holds its file")
+        except ConnectionError:
+            upload.discard()
+            log.info("upload %s…: the client went away after %d of %d bytes", token[:8], upload.written, length)
+            return _plain(400, "the body ended early", close=True)
         except OSError as error:
             upload.discard()
             return _storage_error(error)
