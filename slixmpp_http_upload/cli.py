@@ -77,7 +77,9 @@ def command_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="XEP-0363 HTTP File Upload service, with its own file store or S3.")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="XEP-0363 HTTP File Upload service, with its own file store or S3."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version(PROG)}")
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument(
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=command_check)
 
     serve = commands.add_parser(
-        "serve", parents=[config_option], help="run the upload component(s) (and, for the local backend, the HTTP server)"
+        "serve", parents=[config_option], help="run the upload component(s) (and the local backend's HTTP server)"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log each slot and each refusal")
     serve.set_defaults(run=command_serve)

@@ -36,7 +36,9 @@ from .sigv4 import MAX_EXPIRES
 
 CONFIG_ENV = "SLIXMPP_HTTP_UPLOAD_CONFIG"
 HOST_PLACEHOLDER = "@HOST@"
-DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
+DEFAULT_BIND = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8080
+DEFAULT_PUBLIC_URL = f"http://{DEFAULT_BIND}:{DEFAULT_HTTP_PORT}"
 IQDISC_TYPES = ("no_queue", "one_queue", "parallel", "queues")
 
 
@@ -128,7 +130,6 @@ COMPONENT_OPTIONS = (
 )
 
 
-
 def _cors_origins(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise ValueError('must be a non-empty list of origins such as "https://chat.example.org", or ["*"]')
@@ -151,8 +152,8 @@ def _public_url(value: Any) -> str:
 
 
 HTTP_OPTIONS = (
-    Option("bind", "127.0.0.1", text),
-    Option("port", 8080, integer(1, 65535)),
+    Option("bind", DEFAULT_BIND, text),
+    Option("port", DEFAULT_HTTP_PORT, integer(1, 65535)),
     Option("public_url", None, _public_url),
     Option("tls_cert", None, text),
     Option("tls_key", None, text),

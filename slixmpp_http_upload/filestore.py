@@ -130,9 +130,9 @@ class FileStore:
             os.close(fd)
             return None
         content_type = meta.get("content_type")
-        return StoredFile(
-            fd, info.st_size, info.st_mtime, info.st_mtime_ns, name, content_type if isinstance(content_type, str) else None
-        )
+        if not isinstance(content_type, str):
+            content_type = None
+        return StoredFile(fd, info.st_size, info.st_mtime, info.st_mtime_ns, name, content_type)
 
     def delete(self, token: str) -> None:
         """Remove a completed upload (gone for readers at once)."""

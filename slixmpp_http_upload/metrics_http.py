@@ -2,7 +2,7 @@
 prometheus_client collector at scrape time (the plugins stay the only bookkeepers). The same
 collector answers ``/metrics`` on the built-in HTTP server (:func:`metrics_handler`).
 
-Needs the ``metrics`` extra (``prometheus-client``); :mod:`slixmpp_http_upload.serve` imports this
+Needs the ``metrics`` extra (``prometheus-client``); ``serve`` and its HTTP server import this
 module only when ``metrics.port`` is set.
 """
 

@@ -3,12 +3,14 @@
 Every component is a :class:`slixmpp.ComponentXMPP` with the ``http_upload_server`` plugin; all
 share one backend. With the ``local`` backend the built-in HTTP server
 (:class:`~slixmpp_http_upload.http.HttpServer`) runs in the same loop, one for all domains,
-whatever the components' links are doing. slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and
-never reconnects a session that the server ended, so :class:`Link` runs the whole cycle itself:
-connect, wait for the stream to end (or give up on a handshake that does not come within 30 s),
-back off (1 s doubling to 30 s, back to 1 s after a session that got going), connect again. Plugins are registered once, so nothing is added twice on
-reconnection. A server that refuses the secret, or has no such component, stops ``serve`` with
-exit status 1: retrying cannot help.
+whatever the components' links are doing.
+
+slixmpp only retries a failed TCP connect (3 s, 9 s, 21 s… up to 300 s) and never reconnects a
+session that the server ended, so :class:`Link` runs the whole cycle itself: connect, wait for
+the stream to end (or give up on a handshake that does not come within 30 s), back off (1 s
+doubling to 30 s, back to 1 s after a session that got going), connect again. Plugins are
+registered once, so nothing is added twice on reconnection. A server that refuses the secret,
+or has no such component, stops ``serve`` with exit status 1: retrying cannot help.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +61,7 @@ def serve(config: Config, verbose: bool = False) -> int:
     if config.metrics.port is not None:
         _require_prometheus()
     _configure_logging(logging.DEBUG if verbose else logging.INFO)
+    _raise_file_limit()
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:  # SIGINT before the loop's own handler was in place
@@ -71,6 +75,15 @@ def _require_prometheus() -> None:
         raise ConfigError(
             "metrics.port", "needs prometheus-client: pip install 'slixmpp-http-upload[metrics]'"
         ) from None
+
+
+def _raise_file_limit() -> None:
+    """Allow as many open files as the system lets us: each download in progress holds its
+    socket and its file (the common soft limit of 1024 would stop at about 500)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # then we live with the soft limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _configure_logging(level: int) -> None:

@@ -54,10 +54,14 @@ class Served:
     port: int
     http: aiohttp.ClientSession
 
-    def slot(self, name: str = "file.bin", size: int = 10, content_type: str | None = None, now: float | None = None) -> Slot:
+    def slot(
+        self, name: str = "file.bin", size: int = 10, content_type: str | None = None, now: float | None = None
+    ) -> Slot:
         return self.backend.make_slot(SlotRequest(name, size, content_type, "example.org"), now=now)
 
-    async def put(self, slot: Slot, body: bytes, content_type: str | None = None, **headers: str) -> aiohttp.ClientResponse:
+    async def put(
+        self, slot: Slot, body: bytes, content_type: str | None = None, **headers: str
+    ) -> aiohttp.ClientResponse:
         sent = {"Content-Type": content_type} if content_type is not None else {}
         async with self.http.put(slot.put_url, data=body, headers={**sent, **headers}) as response:
             await response.read()
@@ -83,10 +87,9 @@ class Served:
 async def serving(
     directory: Path, *, http: Mapping[str, Any] | None = None, metrics: bool = False, idle_timeout: float = 60
 ) -> AsyncIterator[Served]:
-    port = free_port()
-    config = load_config(
-        write_toml(directory / "upload.toml", {"http": {"port": port, **(http or {})}, "http_upload": {"expiration_time": 300}})
-    )
+    port = (http or {}).get("port") or free_port()
+    document = {"http": {"port": port, **(http or {})}, "http_upload": {"expiration_time": 300}}
+    config = load_config(write_toml(directory / "upload.toml", document))
     backend = create_backend(config.http_upload)
     assert isinstance(backend, LocalBackend)
     sources = [SlotMetrics("upload.example.org")] if metrics else None
@@ -106,16 +109,32 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         yield running
 
 
-async def raw_request(port: int, head: str, body: bytes = b"") -> bytes:
-    """Send ``head`` (lines joined with CRLF) and ``body`` over a fresh connection; the answer's
-    head and its body (of its Content-Length)."""
+def head(method: str, url: str, *headers: str) -> bytes:
+    """A request head for ``url`` (a URL, or a raw request target), with ``headers``."""
+    target = request_target(url) if url.startswith("http") else url
+    return "\r\n".join([f"{method} {target} HTTP/1.1", "Host: x", *headers, "", ""]).encode()
+
+
+async def raw_request(port: int, request: bytes) -> bytes:
+    """Send ``request`` over a fresh connection; the answer's head and its body (of its Content-Length)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+        writer.write(request)
         await writer.drain()
         return await asyncio.wait_for(read_answer(reader), 10)
     finally:
         writer.close()
+
+
+async def begin_put(
+    served: Served, url: str, length: int, first: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A PUT of ``length`` bytes that has sent ``first`` and reached the disk; its connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(head("PUT", url, f"Content-Length: {length}") + first)
+    await writer.drain()
+    await wait_until(lambda: served.leftovers(), "uploading")
+    return reader, writer
 
 
 async def read_answer(reader: asyncio.StreamReader) -> bytes:
@@ -228,14 +247,9 @@ async def test_an_undeclared_type_is_kept_from_the_put(served: Served) -> None:
 
 async def test_chunked_and_lengthless_bodies_are_refused(served: Served) -> None:
     slot = served.slot("a.bin", 5)
-    target = request_target(slot.put_url)
-    chunked = await raw_request(
-        served.port,
-        f"PUT {target} HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\nConnection: close",
-        b"5\r\nhello\r\n0\r\n\r\n",
-    )
-    assert status_of(chunked) == 411
-    lengthless = await raw_request(served.port, f"PUT {target} HTTP/1.1\nHost: x")
+    chunked = head("PUT", slot.put_url, "Transfer-Encoding: chunked") + b"5\r\nhello\r\n0\r\n\r\n"
+    assert status_of(await raw_request(served.port, chunked)) == 411
+    lengthless = await raw_request(served.port, head("PUT", slot.put_url))
     assert status_of(lengthless) == 411
     assert (await served.get(slot.get_url))[0].status == 404
     assert not served.leftovers()
@@ -260,15 +274,11 @@ async def test_two_puts_at_once_store_one_file(served: Served) -> None:
 
 async def test_expect_100_continue_is_answered_after_the_checks(served: Served) -> None:
     slot = served.slot("a.bin", 5)
-    target = request_target(slot.put_url)
-    refused = await raw_request(
-        served.port, f"PUT {target}x HTTP/1.1\nHost: x\nContent-Length: 5\nExpect: 100-continue\nConnection: close"
-    )
+    expect = ("Content-Length: 5", "Expect: 100-continue", "Connection: close")
+    refused = await raw_request(served.port, head("PUT", slot.put_url + "x", *expect))
     assert refused.startswith(b"HTTP/1.1 403 "), refused[:40]
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-    writer.write(
-        f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n".encode()
-    )
+    writer.write(head("PUT", slot.put_url, *expect))
     assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 100 ")
     await reader.readline()
     writer.write(b"hello")
@@ -365,8 +375,7 @@ async def test_paths_outside_the_root_are_not_found(served: Served, path: str) -
     token = urlsplit(slot.get_url).path.split("/")[1]
     target = path.format(token=token, TOKEN=token.upper())
     for method in ("GET", "PUT"):
-        length = "\nContent-Length: 0" if method == "PUT" else ""
-        answer = await raw_request(served.port, f"{method} {target} HTTP/1.1\nHost: x{length}\nConnection: close")
+        answer = await raw_request(served.port, head(method, target, "Content-Length: 0", "Connection: close"))
         assert status_of(answer) in (403, 404), (method, target, answer[:60])
         assert b"root:" not in answer and b"stored" not in answer.partition(b"\r\n\r\n")[2]
 
@@ -401,11 +410,7 @@ async def test_unknown_and_unfinished_files_are_not_found(served: Served) -> Non
     assert (await served.get(slot.get_url))[0].status == 404
     assert (await served.get(slot.put_url))[0].status == 404
     # an upload in progress is not served
-    target = request_target(slot.put_url)
-    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-    writer.write(f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel".encode())
-    await writer.drain()
-    await wait_until(lambda: served.leftovers(), "uploading")
+    reader, writer = await begin_put(served, slot.put_url, 5, b"hel")
     got, data = await served.get(slot.get_url)
     assert got.status == 404 and got.headers["X-Content-Type-Options"] == "nosniff"
     writer.write(b"lo")
@@ -430,7 +435,8 @@ async def test_preflight_for_any_origin(served: Served) -> None:
         ) as response:
             assert response.status == 204
             assert response.headers["Access-Control-Allow-Origin"] == "*"
-            assert {"PUT", "GET", "HEAD"} <= {m.strip() for m in response.headers["Access-Control-Allow-Methods"].split(",")}
+            methods = {method.strip() for method in response.headers["Access-Control-Allow-Methods"].split(",")}
+            assert {"PUT", "GET", "HEAD"} <= methods
             allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
             assert {"content-type", "authorization"} <= allowed
 
@@ -464,11 +470,7 @@ async def test_error_answers_carry_cors_too(served: Served) -> None:
 async def test_a_client_that_disconnects_early_leaves_nothing(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="slixmpp_http_upload")
     slot = served.slot("gone.bin", 1_000_000)
-    target = request_target(slot.put_url)
-    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-    writer.write(f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".encode() + b"x" * 300_000)
-    await writer.drain()
-    await wait_until(lambda: served.leftovers(), "uploading")
+    _, writer = await begin_put(served, slot.put_url, 1_000_000, b"x" * 300_000)
     writer.transport.abort()
     await wait_until(lambda: not served.leftovers(), "cleaned up")
     assert not served.stored()
@@ -481,10 +483,7 @@ async def test_a_client_that_disconnects_early_leaves_nothing(served: Served, ca
 async def test_stopping_the_server_drops_an_unfinished_upload(tmp_path: Path) -> None:
     async with serving(tmp_path) as served:
         slot = served.slot("cut.bin", 100)
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-        writer.write(f"PUT {request_target(slot.put_url)} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".encode())
-        await writer.drain()
-        await wait_until(lambda: served.leftovers(), "uploading")
+        _, writer = await begin_put(served, slot.put_url, 100, b"abc")
         await served.server.stop()
         writer.close()
         assert not served.leftovers() and not served.stored()
@@ -493,8 +492,8 @@ async def test_stopping_the_server_drops_an_unfinished_upload(tmp_path: Path) ->
 async def test_a_silent_client_is_dropped(tmp_path: Path) -> None:
     async with serving(tmp_path, idle_timeout=0.5) as served:
         slot = served.slot("slow.bin", 100)
-        head = f"PUT {request_target(slot.put_url)} HTTP/1.1\nHost: x\nContent-Length: 100"
-        answer = await raw_request(served.port, head, b"x" * 40)  # then nothing: read() waits for the answer
+        # 40 bytes, then nothing: raw_request waits for the answer
+        answer = await raw_request(served.port, head("PUT", slot.put_url, "Content-Length: 100") + b"x" * 40)
         assert status_of(answer) == 408
         assert not served.leftovers() and not served.stored()
         assert (await served.put(slot, b"x" * 100)).status == 201
@@ -503,10 +502,7 @@ async def test_a_silent_client_is_dropped(tmp_path: Path) -> None:
 async def test_too_many_uploads_at_once_are_told_to_retry(tmp_path: Path) -> None:
     async with serving(tmp_path, http={"max_uploads": 1}) as served:
         first = served.slot("one.bin", 10)
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-        writer.write(f"PUT {request_target(first.put_url)} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345".encode())
-        await writer.drain()
-        await wait_until(lambda: served.leftovers(), "uploading")
+        reader, writer = await begin_put(served, first.put_url, 10, b"12345")
         busy = await served.put(served.slot("two.bin", 3), b"abc")
         assert busy.status == 503 and int(busy.headers["Retry-After"]) > 0
         writer.write(b"67890")
@@ -534,17 +530,12 @@ def small_disk(tmp_path: Path) -> Any:
 async def test_a_full_disk_is_507_and_the_service_goes_on(small_disk: Path) -> None:
     async with serving(small_disk) as served:
         too_big = served.slot("big.bin", 3 * 1024 * 1024)
-        target = request_target(too_big.put_url)
-        early = await raw_request(served.port, f"PUT {target} HTTP/1.1\nHost: x\nContent-Length: {3 * 1024 * 1024}")
+        early = await raw_request(served.port, head("PUT", too_big.put_url, f"Content-Length: {3 * 1024 * 1024}"))
         assert status_of(early) == 507  # refused before a byte: the disk cannot hold it
 
         # a body that fits when it starts, but the disk fills up while it comes in
         slot = served.slot("fits.bin", 1024 * 1024)
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-        target = request_target(slot.put_url)
-        writer.write(f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {1024 * 1024}\r\n\r\n".encode() + b"a" * 1000)
-        await writer.drain()
-        await wait_until(lambda: served.leftovers(), "uploading")
+        reader, writer = await begin_put(served, slot.put_url, 1024 * 1024, b"a" * 1000)
         filler = small_disk / "filler"
         with contextlib.suppress(OSError), open(filler, "wb") as file:
             file.write(b"f" * (2 * 1024 * 1024))
@@ -590,3 +581,16 @@ async def test_the_server_speaks_https_itself(tmp_path: Path) -> None:
                 assert put.status == 201
             async with session.get(big.get_url) as got:
                 assert await got.read() == body
+
+
+async def test_a_public_url_path_is_served_with_or_without_it(tmp_path: Path) -> None:
+    # behind a reverse proxy that keeps the prefix, or strips it
+    port = free_port()
+    async with serving(tmp_path, http={"port": port, "public_url": f"http://127.0.0.1:{port}/files"}) as served:
+        slot = served.slot("a.txt", 3)
+        assert urlsplit(slot.put_url).path.startswith("/files/")
+        assert (await served.put(slot, b"abc")).status == 201
+        stripped = slot.get_url.replace("/files/", "/", 1)
+        for url in (slot.get_url, stripped):
+            assert (await served.get(url))[1] == b"abc"
+        assert (await served.get(slot.get_url.replace("/files/", "/other/", 1)))[0].status == 404

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -48,7 +49,8 @@ async def wait_for_http(url: str, process: Any) -> None:
 
 async def slot_urls(config: Path, filename: str, size: int) -> tuple[str, str]:
     """``urls`` (its own event loop, so in a thread)."""
-    status, out, err = await asyncio.to_thread(run_cli, "urls", "-c", str(config), DOMAIN, filename, str(size), "", "600")
+    arguments = ("urls", "-c", str(config), DOMAIN, filename, str(size), "", "600")
+    status, out, err = await asyncio.to_thread(run_cli, *arguments)
     assert status == 0, err
     return awk_field(out, "PutURL")[0], awk_field(out, "GetURL")[0]
 
@@ -149,6 +151,19 @@ def test_http_port_in_use_is_a_configuration_error(tmp_path: Path, capsys: pytes
 def test_an_unreadable_certificate_is_a_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (port,) = free_ports(1)
     (tmp_path / "cert.pem").write_text("not a certificate")
-    config = write_toml(tmp_path / "upload.toml", local_config(1, port, http={"port": port, "tls_cert": "cert.pem", "tls_key": "cert.pem"}))
+    tls = {"port": port, "tls_cert": "cert.pem", "tls_key": "cert.pem"}
+    config = write_toml(tmp_path / "upload.toml", local_config(1, port, http=tls))
     assert cli.main(["serve", "-c", str(config)]) == 2
     assert "http.tls_cert: cannot load the certificate and key" in capsys.readouterr().err
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_one() -> None:
+    from slixmpp_http_upload.serve import _raise_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        _raise_file_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
