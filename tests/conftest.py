@@ -22,6 +22,7 @@ from slixmpp import ClientXMPP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from browser import Chromium, StaticSite, find_chromium  # noqa: E402
 from helpers import UPLOAD_JID, ClientPool, write_toml  # noqa: E402
 from servers import Ejabberd, Prosody, SeaweedFS, _stop_process_group, find_ejabberd, find_prosody, find_weed  # noqa: E402
 
@@ -194,3 +195,24 @@ def ejabberd() -> Iterator[Ejabberd]:
         for user, password in USERS.items():
             server.register(user, password)
         yield server
+
+
+# ------------------------------------------------------------------ Chromium
+
+
+@pytest.fixture(scope="session")
+async def chromium() -> AsyncIterator[Chromium]:
+    """Debian's headless Chromium over the DevTools protocol (``tests/browser.py``):
+    ``async with chromium.page(url) as page:``, then ``await page.evaluate(js)``."""
+    if find_chromium() is None:
+        _missing("the 'chromium' browser", "apt-get install chromium")
+    async with Chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="session")
+async def web_origins() -> AsyncIterator[tuple[StaticSite, StaticSite]]:
+    """Two tiny web sites on loopback ports of their own: two origins for browser pages, neither
+    an upload server's (``site.url``, ``site.origin``)."""
+    async with StaticSite() as first, StaticSite() as second:
+        yield first, second

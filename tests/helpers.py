@@ -8,6 +8,9 @@ import io
 import json
 import logging
 import string
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -17,7 +20,7 @@ from hypothesis import strategies as st
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
-from servers import Ejabberd, Prosody, SeaweedFS, anonymous_request
+from servers import Ejabberd, Prosody, SeaweedFS, _port_open, anonymous_request
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.dispatch import QueueDispatcher
 from slixmpp_http_upload.slot import BadRequest, check_filename
@@ -71,10 +74,11 @@ def write_s3_config(
 
 
 def serve_config(
-    prosody: XmppServer, s3: Mapping[str, str], *, max_file_size: int, **tables: Any
+    prosody: XmppServer, s3: Mapping[str, str] | None, *, max_file_size: int, **tables: Any
 ) -> dict[str, Any]:
     """A ``serve`` configuration: the component of ``prosody``, slots from the ``[http_upload.s3]``
-    table ``s3`` (such as :func:`seaweedfs_s3`'s), and further top-level ``tables``."""
+    table ``s3`` (such as :func:`seaweedfs_s3`'s) or, with ``s3=None``, from the default ``local``
+    backend, and further top-level ``tables`` (such as ``http={"port": ...}``)."""
     return {
         "component": {
             "server": "127.0.0.1",
@@ -85,10 +89,41 @@ def serve_config(
         "http_upload": {
             "max_file_size": max_file_size,
             "expiration_time": 300,
-            "s3": s3,
+            **({"s3": s3} if s3 is not None else {}),
         },
         **tables,
     }
+
+
+def unconnected_component(port: int) -> dict[str, Any]:
+    """A ``[component]`` table for domain ``localhost`` whose server never answers (``port`` is
+    one nothing listens on, such as the ``xmpp_down`` fixture's): ``serve`` keeps trying to
+    connect, and its HTTP server serves all the same."""
+    return {"server": "127.0.0.1", "port": port, "secret": "unused", "domains": [DOMAIN]}
+
+
+class HttpService:
+    """``serve`` from ``document`` (started by conftest's ``start_serve``), ready once its HTTP
+    server takes connections on ``[http] port``; ``slot()`` signs URLs with ``urls``."""
+
+    def __init__(self, start_serve: Any, document: Mapping[str, Any], timeout: float = 15) -> None:
+        self.port: int = document["http"]["port"]
+        self.process = start_serve(document)
+        self.config = str(self.process.config)
+        deadline = time.monotonic() + timeout
+        while not _port_open(self.port):
+            assert self.process.running and time.monotonic() < deadline, self.process.stderr
+            time.sleep(0.05)
+
+    def slot(self, name: str, size: int, content_type: str) -> tuple[str, str]:
+        """The PUT and GET URLs of a new slot for ``localhost``, valid for 300 s, from the
+        ``urls`` command (a process of its own: the tests' event loop may be running)."""
+        command = [sys.executable, "-m", "slixmpp_http_upload", "urls", "-c", self.config]
+        command += [DOMAIN, name, str(size), content_type, "300"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        urls = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+        return urls["PutURL"], urls["GetURL"]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -42,6 +42,8 @@ __all__ = [
     "find_weed",
     "find_prosody",
     "find_ejabberd",
+    "find_nginx",
+    "Nginx",
     "free_ports",
 ]
 
@@ -173,6 +175,11 @@ def find_prosody() -> tuple[str, str] | None:
     if prosody is None or prosodyctl is None:
         return None
     return prosody, prosodyctl
+
+
+def find_nginx() -> str | None:
+    """Path of Debian's ``nginx`` (in ``/usr/sbin``, off a normal user's PATH), or None."""
+    return _find_binary("nginx", extra_dirs=["/usr/sbin"])
 
 
 class _Server:
@@ -1128,3 +1135,91 @@ class Ejabberd(_XmppServer):
             raise ServerError(f"ejabberdctl register {user} failed ({status}):\n{output}")
         self.users[user] = password
         return self.jid(user)
+
+
+# --------------------------------------------------------------------------
+# nginx
+
+
+class Nginx(_Server):
+    """A private nginx (Debian's package) serving ``http_block``: the inside of nginx.conf's
+    ``http {}`` block, such as a ``server {}`` — the caller picks its ``listen`` ports and
+    gives them in ``ports`` to wait for.
+
+    Logs, pid file and temporary files (request bodies nginx buffers) live in ``tmpdir``; as
+    root the workers run as root too, so they can write there.  ``access_log`` and
+    ``error_log`` are the log files' paths.
+    """
+
+    def __init__(
+        self,
+        http_block: str,
+        ports: Iterable[int],
+        *,
+        nginx: str | None = None,
+        startup_timeout: float = 15.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.http_block = http_block
+        self.ports = list(ports)
+        self.nginx = nginx or find_nginx()
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._tmp = tempfile.TemporaryDirectory(prefix="nginx-")
+        self.tmpdir = Path(self._tmp.name)
+        self.access_log = self.tmpdir / "access.log"
+        self.error_log = self.tmpdir / "error.log"
+
+    def _config(self) -> str:
+        tmp = self.tmpdir
+        temp_paths = "\n".join(
+            f"    {kind}_temp_path {_quoted(tmp / kind)};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return f"""\
+daemon off;
+{"user root;" if os.geteuid() == 0 else ""}
+worker_processes 1;
+pid {_quoted(tmp / "nginx.pid")};
+error_log {_quoted(self.error_log)} info;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log {_quoted(self.access_log)};
+{temp_paths}
+{self.http_block}
+}}
+"""
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if not self.nginx:
+            raise FileNotFoundError("the 'nginx' binary was not found (apt-get install nginx)")
+        for port in self.ports:
+            if _port_open(port):
+                raise ServerError(f"port {LOOPBACK}:{port} is already in use before nginx started")
+        config = self.tmpdir / "nginx.conf"
+        config.write_text(self._config())
+        # -e: the log of the start itself, before nginx has read error_log.
+        command = [self.nginx, "-p", str(self.tmpdir), "-e", str(self.error_log), "-c", str(config)]
+        self._spawn(command, cwd=self.tmpdir, output=self.tmpdir / "nginx.out")
+        deadline = time.monotonic() + self.startup_timeout
+        while not all(_port_open(port) for port in self.ports):
+            self._check_not_exited("nginx")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"nginx not listening on {self.ports} after {self.startup_timeout:g} s")
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail([self.tmpdir / "nginx.out", self.error_log], lines)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process_group(self._proc, self.stop_timeout)
+            self._proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None

@@ -1,7 +1,8 @@
 """End to end behind each real XMPP server the README says hosts the component — Prosody 0.12
 and ejabberd 23.01 (an ``ejabberd_service`` listener shaped like the README's snippet):
-``serve`` as a subprocess, slots on a real SeaweedFS, and slixmpp's own XEP-0363 client finding
-the service through the server's disco#items, uploading, then an anonymous GET of the file."""
+``serve`` as a subprocess, slots on a real SeaweedFS or from the ``local`` backend (the service's
+own files and HTTP server), and slixmpp's own XEP-0363 client finding the service through the
+server's disco#items, uploading, then an anonymous GET of the file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -19,7 +23,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0363.http_upload import FileTooBig
 
 from helpers import DOMAIN, UPLOAD_JID, XmppServer, seaweedfs_s3, serve_config, upload_and_fetch
-from servers import SeaweedFS
+from servers import SeaweedFS, free_ports
 
 NS = "urn:xmpp:http:upload:0"
 MAX_FILE_SIZE = 64 * 1024
@@ -31,10 +35,28 @@ def server(request: pytest.FixtureRequest) -> XmppServer:
     return request.getfixturevalue(request.param)
 
 
-@pytest.fixture(scope="module")
-def service(server: XmppServer, seaweedfs: SeaweedFS, start_serve: Any) -> Any:
-    """``serve`` for ``server``; tests wait for it with ``wait_for_service``."""
-    return start_serve(serve_config(server, seaweedfs_s3(seaweedfs), max_file_size=MAX_FILE_SIZE))
+@dataclass
+class Service:
+    process: Any  # conftest's ServeProcess
+    url_prefix: str  # where GET URLs point
+
+
+@pytest.fixture(scope="module", params=["s3", "local"])
+def service(request: pytest.FixtureRequest, server: XmppServer, start_serve: Any) -> Iterator[Service]:
+    """``serve`` for ``server``, with slots on SeaweedFS or from the ``local`` backend (files in
+    ``uploads`` beside the config, served by its own HTTP server); tests wait for it with
+    ``wait_for_service``. Stopped before the next one starts: they share the component JID."""
+    if request.param == "s3":
+        seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+        config = serve_config(server, seaweedfs_s3(seaweedfs), max_file_size=MAX_FILE_SIZE)
+        url_prefix = seaweedfs.bucket_url + "/"
+    else:
+        (port,) = free_ports(1)
+        config = serve_config(server, None, max_file_size=MAX_FILE_SIZE, http={"port": port})
+        url_prefix = f"http://127.0.0.1:{port}/"
+    process = start_serve(config)
+    yield Service(process, url_prefix)
+    process.stop()
 
 
 async def alice(server: XmppServer, xmpp_clients: Any) -> ClientXMPP:
@@ -53,7 +75,7 @@ def forms(info: Any) -> list[str]:
     )
 
 
-async def test_the_server_lists_the_service(service: Any, server: XmppServer, xmpp_clients: Any) -> None:
+async def test_the_server_lists_the_service(service: Service, server: XmppServer, xmpp_clients: Any) -> None:
     xmpp = await alice(server, xmpp_clients)
     items = await xmpp.plugin["xep_0030"].get_items(JID(DOMAIN), timeout=5)
     assert UPLOAD_JID in {jid for jid, _node, _name in items["disco_items"]["items"]}
@@ -61,22 +83,23 @@ async def test_the_server_lists_the_service(service: Any, server: XmppServer, xm
     assert NS in info["disco_info"]["features"]
 
 
-@pytest.mark.parametrize("name", ["photo.jpg", "très cool ünïcode.txt"])
+@pytest.mark.parametrize("name", ["photo.jpg", "très cool ünïcode.txt", "50% off #1? a&b+c;d=e.txt"])
 async def test_upload_then_anonymous_get(
-    name: str, service: Any, server: XmppServer, xmpp_clients: Any, tmp_path: Path
+    name: str, service: Service, server: XmppServer, xmpp_clients: Any, tmp_path: Path
 ) -> None:
     xmpp = await alice(server, xmpp_clients)
     path = tmp_path / name
     path.write_bytes(secrets.token_bytes(MAX_FILE_SIZE))  # the limit itself is allowed
     url = await upload_and_fetch(xmpp, path)  # discovery through the server's disco#items
-    if name.isascii():
-        assert url.endswith("/photo.jpg")
-    else:
-        assert url.endswith("/tr%C3%A8s%20cool%20%C3%BCn%C3%AFcode.txt")
-    assert service.running
+    assert url.startswith(service.url_prefix)
+    _token, last = urlsplit(url).path.rsplit("/", 2)[-2:]
+    assert unquote(last) == name and not set(last) & set(" #?")  # one segment, encoded
+    if name == "très cool ünïcode.txt":
+        assert last == "tr%C3%A8s%20cool%20%C3%BCn%C3%AFcode.txt"  # as in XEP-0363's example
+    assert service.process.running
 
 
-async def test_too_large_is_refused(service: Any, server: XmppServer, xmpp_clients: Any, tmp_path: Path) -> None:
+async def test_too_large_is_refused(service: Service, server: XmppServer, xmpp_clients: Any, tmp_path: Path) -> None:
     xmpp = await alice(server, xmpp_clients)
     path = tmp_path / "big.bin"
     path.write_bytes(b"\0" * (MAX_FILE_SIZE + 1))

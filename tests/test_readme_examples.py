@@ -4,15 +4,19 @@ serves slots once installed through the entry-point group."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import importlib
 import os
 import re
+import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -20,9 +24,10 @@ import aiohttp
 import pytest
 import slixmpp
 from slixmpp.exceptions import IqError
+from yarl import URL
 
-from helpers import DOMAIN, seaweedfs_s3, write_s3_config, write_toml
-from servers import free_ports
+from helpers import DOMAIN, HttpService, seaweedfs_s3, write_s3_config, write_toml
+from servers import Nginx, find_nginx, free_ports, make_test_certificates
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import parse_config
@@ -44,11 +49,21 @@ def readme_block(defines: str) -> str:
 # --- the configuration and the curl recipe --------------------------------------------------
 
 
-def test_readme_configuration_is_valid() -> None:
-    (block,) = readme_blocks("toml")
-    config = parse_config(tomllib.loads(block))
+def test_readme_configurations_are_valid(tmp_path: Path) -> None:
+    quick_start, http, s3 = readme_blocks("toml")
+    config = parse_config(tomllib.loads(quick_start), base_dir=tmp_path)
     assert config.component.domains == ("example.com",)
     assert config.http_upload.service_jid("example.com") == "upload.example.com"
+    assert config.http_upload.backend == "local"
+    assert create_backend(config.http_upload).store.root == tmp_path / "uploads"  # beside the file
+    assert config.http.public_url.rstrip("/") == "http://127.0.0.1:8080"
+
+    config = parse_config(tomllib.loads(quick_start + http), base_dir=tmp_path)
+    assert (config.http.bind, config.http.port) == ("127.0.0.1", 8080)
+    assert config.http.public_url.rstrip("/") == "https://upload.example.com"
+
+    config = parse_config(tomllib.loads(s3))
+    assert config.http_upload.backend == "s3"
     assert create_backend(config.http_upload).bucket.host == "mybucket.s3.eu-west-1.amazonaws.com"
 
 
@@ -69,6 +84,106 @@ def test_readme_curl_recipe_uploads(seaweedfs, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HTTP/1.1 200" in result.stdout
+
+
+# --- the quick start behind the README's nginx, over https ---------------------------------
+
+
+def substituted(text: str, replacements: dict[str, str]) -> str:
+    """``text`` with each key replaced by its value; each key must occur exactly once, so the
+    README cannot drift away from what this test runs."""
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"{old!r} occurs {text.count(old)} times in\n{text}"
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.fixture
+def behind_nginx(start_serve, xmpp_down: int, tmp_path: Path) -> Iterator[tuple[HttpService, Nginx, Path]]:
+    """``serve`` from the README's quick-start configuration with its ``[http]`` addition (on
+    free ports, an XMPP server that never answers), behind nginx running the README's server
+    block with a certificate for ``localhost`` from a throw-away CA; and that CA's certificate."""
+    if find_nginx() is None:
+        pytest.skip("nginx not found; ./tests/run installs it")
+    http_port, https_port = free_ports(2)
+    quick_start, http, _s3 = readme_blocks("toml")
+    config = substituted(quick_start, {"port = 5347": f"port = {xmpp_down}", '"example.com"': f'"{DOMAIN}"'})
+    config += substituted(http, {"https://upload.example.com": f"https://localhost:{https_port}"})
+    config += f"port = {http_port}\n"  # not the default 8080: the machine is shared
+    service = HttpService(start_serve, tomllib.loads(config))
+
+    certificates = make_test_certificates(tmp_path)
+    (server_block,) = readme_blocks("nginx")
+    server_block = substituted(
+        server_block,
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
+            "/etc/letsencrypt/live/upload.example.com/fullchain.pem": str(certificates.cert_path),
+            "/etc/letsencrypt/live/upload.example.com/privkey.pem": str(certificates.key_path),
+            "http://127.0.0.1:8080": f"http://127.0.0.1:{http_port}",
+        },
+    )
+    with Nginx(server_block, [https_port]) as nginx:
+        yield service, nginx, certificates.ca_path
+
+
+def readme_start_up_log(replacements: dict[str, str]) -> list[str]:
+    """The README's start-up log lines of ``serve`` up to the HTTP server's, without their
+    time stamps, ``replacements`` made."""
+    (block,) = [block for block in readme_blocks("console") if "serve -c upload.toml\n20" in block]
+    lines = "\n".join(line.split(" ", 2)[2] for line in block.splitlines()[1:3])
+    return substituted(lines, replacements).splitlines()
+
+
+async def test_readme_quick_start_behind_its_nginx_recipe(behind_nginx) -> None:
+    service, nginx, tls_ca = behind_nginx
+    tls = ssl.create_default_context(cafile=tls_ca)
+    root = Path(service.config).parent / "uploads"  # "uploads beside upload.toml"
+    assert (root / ".url-key").is_file()
+    body = secrets.token_bytes(3 << 20)  # over nginx's default limit of 1 MB
+    put_url, get_url = service.slot("tr\u00e8s #1.bin", len(body), "application/x-test")
+    assert put_url.startswith(f"https://localhost:{nginx.ports[0]}/")  # public_url
+    origin = {"Origin": "https://chat.example.org"}
+    async with aiohttp.ClientSession() as http:
+        put = URL(put_url, encoded=True)
+        async with http.put(put, data=body, headers={"Content-Type": "application/x-test", **origin}, ssl=tls) as answer:
+            assert answer.status == 201, await answer.text()
+            assert answer.headers["Access-Control-Allow-Origin"] in ("*", origin["Origin"])
+        get = URL(get_url, encoded=True)
+        async with http.get(get, ssl=tls) as answer:
+            assert (answer.status, answer.headers["Content-Type"]) == (200, "application/x-test")
+            assert await answer.read() == body
+        async with http.get(get, headers={"Range": "bytes=1000-1999"}, ssl=tls) as answer:
+            assert (answer.status, await answer.read()) == (206, body[1000:2000])
+    # Written before the server took its first request, and says what the README says.
+    component_port = tomllib.loads(Path(service.config).read_text())["component"]["port"]
+    for line in readme_start_up_log(
+        {
+            "upload.example.com": f"upload.{DOMAIN}",
+            "127.0.0.1:5347": f"127.0.0.1:{component_port}",
+            "http://127.0.0.1:8080 (public URL http://127.0.0.1:8080)": (
+                f"http://127.0.0.1:{service.port} (public URL https://localhost:{nginx.ports[0]})"
+            ),
+            "/home/xmpp/uploads": str(root),
+        }
+    ):
+        assert line in service.process.stderr
+    # Through nginx (its log), and streamed: nginx did not keep the body on its disk first.
+    assert f'"PUT {urlsplit(put_url).path}?' in nginx.access_log.read_text()
+    log = nginx.error_log.read_text()
+    assert "buffered to a temporary file" not in log, log
+
+    # And check, the README's next step, passes through it without the warning about http.
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "slixmpp_http_upload", "check", "-c", service.config],
+        env={**os.environ, "SSL_CERT_FILE": str(tls_ca)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "warn" not in done.stdout, done.stdout + done.stderr
+    assert "ok    get     HTTP 200" in done.stdout
 
 
 # --- the custom backend ---------------------------------------------------------------------
