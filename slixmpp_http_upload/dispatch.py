@@ -11,11 +11,15 @@
 
 Each queue (``queues``: each of the N) holds at most ``queue_size`` waiting requests, and the
 task kinds at most ``queue_size`` running ones; :meth:`submit` returns False beyond that, and the plugin answers ``wait/resource-constraint``.
+
+A job that raises (a bug: jobs handle their own errors) is logged once and its ``on_failure``
+called, which answers the request if it can; the worker goes on with the next job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -25,13 +29,18 @@ from .config import IqDisc
 EAGER_TASKS = sys.version_info >= (3, 12)
 """Whether tasks can run their first step at once, so that ``no_queue`` answers inline."""
 
+log = logging.getLogger(__name__)
+
 Job = Callable[[], Coroutine[Any, Any, None]]
 """Makes the coroutine that answers one request; it handles its own errors."""
+OnFailure = Callable[[], None]
+"""Answers the request of a job that raised all the same; must not raise."""
 
 
 class Dispatcher(Protocol):
-    def submit(self, key: str, job: Job) -> bool:
-        """Schedule ``job`` for requester ``key``; False when full."""
+    def submit(self, key: str, job: Job, on_failure: OnFailure | None = None) -> bool:
+        """Schedule ``job`` for requester ``key``; False when full. ``on_failure`` answers the
+        request should ``job`` raise."""
 
     def close(self) -> None:
         """Cancel what is queued or running."""
@@ -53,10 +62,10 @@ class TaskDispatcher:
         self.eager = eager
         self.tasks: set[asyncio.Future[None]] = set()
 
-    def submit(self, key: str, job: Job) -> bool:
+    def submit(self, key: str, job: Job, on_failure: OnFailure | None = None) -> bool:
         if len(self.tasks) >= self.limit:
             return False
-        task = start_task(job(), eager=self.eager)
+        task = start_task(run_job(job, on_failure), eager=self.eager)
         if task is not None:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -72,7 +81,7 @@ class QueueDispatcher:
 
     def __init__(self, workers: int, limit: int) -> None:
         self.limit = limit
-        self.queues: list[asyncio.Queue[Job]] = []
+        self.queues: list[asyncio.Queue[tuple[Job, OnFailure | None]]] = []
         self.workers: list[asyncio.Task[None]] = []
         self.count = workers
 
@@ -80,27 +89,50 @@ class QueueDispatcher:
         """Which queue ``key`` (a requester's bare JID) always goes to."""
         return hash(key) % self.count
 
-    def submit(self, key: str, job: Job) -> bool:
+    def submit(self, key: str, job: Job, on_failure: OnFailure | None = None) -> bool:
         if not self.queues:  # started on first use, inside the running loop
             self.queues = [asyncio.Queue(self.limit) for _ in range(self.count)]
             self.workers = [asyncio.ensure_future(self._work(queue)) for queue in self.queues]
         queue = self.queues[self.queue_index(key)]
         try:
-            queue.put_nowait(job)
+            queue.put_nowait((job, on_failure))
         except asyncio.QueueFull:
             return False
         return True
 
     @staticmethod
-    async def _work(queue: asyncio.Queue[Job]) -> None:
+    async def _work(queue: asyncio.Queue[tuple[Job, OnFailure | None]]) -> None:
         while True:
-            job = await queue.get()
-            await job()
+            await run_job(*await queue.get())
 
     def close(self) -> None:
         for worker in self.workers:
             worker.cancel()
         self.queues, self.workers = [], []
+
+
+async def run_job(job: Job, on_failure: OnFailure | None) -> None:
+    """Run ``job``; if it raises, log it once and call ``on_failure`` instead of raising (only
+    the cancellation of the running task itself goes through)."""
+    try:
+        await job()
+    except (Exception, asyncio.CancelledError):
+        if being_cancelled():
+            raise
+        log.exception("A slot request's job failed")
+        if on_failure is None:
+            return
+        try:
+            on_failure()
+        except Exception:
+            log.exception("Could not answer the request of a failed job")
+
+
+def being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (as opposed to a job that let a
+    CancelledError from something it awaited escape)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def start_task(coroutine: Coroutine[Any, Any, None], *, eager: bool) -> asyncio.Future[None] | None:

@@ -29,7 +29,9 @@ from slixmpp.xmlstream.matcher.base import MatcherBase
 from .access import AccessRules, Policy, TryLater
 from .backends import Backend, create_backend
 from .config import UploadSettings, parse_upload_settings
-from .dispatch import make_dispatcher
+from . import replies
+from .dispatch import being_cancelled, make_dispatcher
+from .guard import StreamGuard
 from .metrics import SlotMetrics
 from .options import ConfigError
 from .slot import BadRequest, FileTooLarge, SlotRequest, make_request
@@ -46,13 +48,6 @@ class RequestMatcher(MatcherBase):
 
     def match(self, stanza: Any) -> bool:
         return stanza.name == "iq" and any(child.tag in self._criteria for child in stanza.xml)
-
-
-def _being_cancelled() -> bool:
-    """Whether the running task itself is being cancelled (as opposed to a backend that let a
-    CancelledError from something it awaited escape)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class HttpUploadServer(BasePlugin):
@@ -77,6 +72,8 @@ class HttpUploadServer(BasePlugin):
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
         matcher = RequestMatcher(set(self.dialects))  # lets only IQs through
         self.xmpp.register_handler(Callback(HANDLER_NAME, matcher, self._on_request))  # type: ignore[arg-type]
+        self.guard = StreamGuard(self.xmpp, frozenset(self.dialects))
+        self.guard.install()
         self.advertised_jid: JID | None = None
         self._advertise()
         self.xmpp.add_event_handler("session_bind", self._advertise)
@@ -84,6 +81,7 @@ class HttpUploadServer(BasePlugin):
 
     def plugin_end(self) -> None:
         self.xmpp.remove_handler(HANDLER_NAME)
+        self.guard.remove()
         self.xmpp.del_event_handler("session_bind", self._advertise)
         self.xmpp.del_event_handler("session_end", self._on_session_end)
         self.dispatcher.close()
@@ -148,7 +146,7 @@ class HttpUploadServer(BasePlugin):
         try:
             self._check_and_schedule(iq)
         except Exception:
-            log.exception("Unexpected failure on a slot request from %s", iq["from"])
+            log.exception("Unexpected failure on a slot request from %.200s", iq.xml.get("from"))
             self._refuse(iq, "internal", "wait", "internal-server-error")
 
     def _check_and_schedule(self, iq: Iq) -> None:
@@ -183,7 +181,8 @@ class HttpUploadServer(BasePlugin):
                 dialect.file_too_large_element(error.max_file_size),
             )
         job = functools.partial(self._answer, iq, dialect, request)
-        if not self.dispatcher.submit(requester.bare, job):
+        on_failure = functools.partial(self._refuse, iq, "internal", "wait", "internal-server-error")
+        if not self.dispatcher.submit(requester.bare, job, on_failure):
             self._refuse(iq, "queue-full", "wait", "resource-constraint", "Too many slot requests; try again later.")
 
     async def _answer(self, iq: Iq, dialect: Dialect, request: SlotRequest) -> None:
@@ -198,16 +197,17 @@ class HttpUploadServer(BasePlugin):
             if verdict:
                 return self._refuse(iq, "policy", "auth", "forbidden", verdict)
             slot = await self.backend.create_slot(request)
-            reply = iq.reply(clear=True)
-            reply.append(dialect.slot_element(slot))
-            reply.send()
+            element = dialect.slot_element(slot)
         except (Exception, asyncio.CancelledError):
-            if _being_cancelled():  # our own task is stopping: let it
+            if being_cancelled():  # our own task is stopping: let it
                 raise
             log.exception("Could not make a slot for %s (%s)", request.requester, type(self.backend).__name__)
             return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
         self.metrics.slot_created(time.perf_counter() - started)
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
+        reply = replies.result(iq)
+        reply.append(element)
+        reply.send()
 
     def _refuse(
         self,
@@ -218,15 +218,8 @@ class HttpUploadServer(BasePlugin):
         text: str | None = None,
         extension: ET.Element | None = None,
     ) -> None:
-        """Answer with an IQ error and count the refusal under ``reason``."""
+        """Answer with an IQ error and count the refusal under ``reason``; raises nothing that a
+        request can cause."""
         self.metrics.refused(reason)
-        log.debug("Refused (%s) a slot request from %s: %s", reason, iq["from"], text)
-        reply = iq.reply(clear=True)
-        reply["type"] = "error"
-        reply["error"]["type"] = error_type
-        reply["error"]["condition"] = condition
-        if text:
-            reply["error"]["text"] = text
-        if extension is not None:
-            reply["error"].append(extension)
-        reply.send()
+        log.debug("Refused (%s) a slot request from %.200s: %s", reason, iq.xml.get("from"), text)
+        replies.error(iq, error_type, condition, text, extension).send()

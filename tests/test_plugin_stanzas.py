@@ -605,7 +605,7 @@ class TestErrors(UploadTest):
         # never slixmpp's generic undefined-condition "Slixmpp got into trouble."
         self.start()
 
-        def broken_submit(key: str, job: object) -> bool:
+        def broken_submit(key: str, job: object, on_failure: object) -> bool:
             raise RuntimeError("dispatcher broke")
 
         self.plugin.dispatcher.submit = broken_submit  # type: ignore[method-assign]

@@ -1,0 +1,154 @@
+"""The stream guard: what is answered or dropped before any handler sees a stanza.
+
+slixmpp matches handlers, runs inline ones and builds its default replies inside the call that
+reads the stream; whatever raises there closes the stream, and every request in flight for
+every user is lost. :class:`StreamGuard` adds two filters to one stream (not to slixmpp's
+classes: a bot's other plugins go on seeing every stanza they saw before, save those that would
+have broken the stream or gone unanswered).
+
+Incoming, in this order (a refusal answers the IQ and drops it; "for the service" means it
+carries an upload ``<request>`` of a served dialect or a disco#info/#items query):
+
+==========================================================  ===================================
+``from`` or ``to`` is not a JID                             IQ get/set: ``modify/jid-malformed``;
+                                                            anything else: dropped (a warning)
+an IQ get/set for the service with more than one payload    ``modify/bad-request`` (RFC 6120
+                                                            §8.2.3: exactly one payload)
+an IQ get/set for the service of more than                  ``modify/bad-request``, looking no
+:data:`MAX_ELEMENTS` elements                               further than that
+any other stanza nested deeper than :data:`MAX_DEPTH`       IQ get/set: ``modify/bad-request``;
+                                                            anything else: dropped (a warning)
+a disco#info or disco#items ``set``                         ``cancel/feature-not-implemented``
+==========================================================  ===================================
+
+Outgoing: an ``id`` holding a tab, LF or CR is written with character references (``&#9;``),
+as slixmpp writes them raw and every parser reads a raw one in an attribute as a space. Such a
+stanza is written by this filter and not by the send queue, so an ``out_sync`` filter added
+after ours (XEP-0198's counter, when a bot loads ``xep_0198`` after this plugin) does not see it.
+
+Upstream (slixmpp 1.17), each of these belongs in slixmpp: ``xmlstream.tostring.escape``
+should escape tab, LF and CR in attribute values; ``XMLStream.recv_stanza`` should catch what
+matchers, ``unhandled()`` and ``exception()`` raise instead of letting it out of
+``data_received``; ``StanzaBase.reply()`` should not deep-copy the payload (see
+:mod:`.replies`); ``xep_0030``'s handlers should answer ``set`` and refuse a query with other
+payloads beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import islice
+from xml.etree import ElementTree as ET
+
+from slixmpp import JID
+from slixmpp.jid import InvalidJID
+from slixmpp import BaseXMPP
+from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.tostring import tostring
+
+from . import replies
+
+log = logging.getLogger(__name__)
+
+MAX_ELEMENTS = 64
+"""Elements in an IQ for the service, itself included, beyond which it is refused unread (a
+slot request needs at most five, a disco query two)."""
+MAX_DEPTH = 64
+"""Nesting beyond which any other stanza is refused or dropped (slixmpp copies and writes
+stanzas recursively)."""
+DISCO_QUERIES = frozenset(
+    f"{{http://jabber.org/protocol/disco#{kind}}}query" for kind in ("info", "items")
+)
+REQUESTS = ("get", "set")
+CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+
+
+class StreamGuard:
+    """The filters of one stream; ``payloads`` are the tags of the requests the service answers
+    besides disco queries."""
+
+    def __init__(self, xmpp: BaseXMPP, payloads: frozenset[str]) -> None:
+        self.xmpp = xmpp
+        self.served = payloads | DISCO_QUERIES
+        self.iq_tag = f"{{{xmpp.default_ns}}}iq"
+
+    def install(self) -> None:
+        self.xmpp.add_filter("in", self.incoming)
+        self.xmpp.add_filter("out_sync", self.outgoing)
+
+    def remove(self) -> None:
+        self.xmpp.del_filter("in", self.incoming)
+        self.xmpp.del_filter("out_sync", self.outgoing)
+
+    def incoming(self, stanza: StanzaBase) -> StanzaBase | None:
+        """The stanza, or None when it was answered here or dropped; never raises."""
+        try:
+            return self._check(stanza)
+        except Exception:
+            log.exception("Dropped a stanza the guard could not check")
+            return None
+
+    def _check(self, stanza: StanzaBase) -> StanzaBase | None:
+        xml = stanza.xml
+        request = xml.tag == self.iq_tag and xml.get("type") in REQUESTS
+        if not (_is_jid(xml.get("from")) and _is_jid(xml.get("to"))):
+            return self._refuse(stanza, request, "modify", "jid-malformed", "malformed address")
+        if not request:
+            if _deeper_than(xml, MAX_DEPTH):
+                return self._refuse(stanza, request, "modify", "bad-request", "nested too deep")
+            return stanza
+        if any(child.tag in self.served for child in xml):
+            if len(xml) > 1:
+                return self._refuse(stanza, request, "modify", "bad-request", "more than one payload")
+            if len(list(islice(xml.iter(), MAX_ELEMENTS + 1))) > MAX_ELEMENTS:
+                return self._refuse(stanza, request, "modify", "bad-request", "too large")
+            if xml.get("type") == "set" and xml[0].tag in DISCO_QUERIES:
+                return self._refuse(stanza, request, "cancel", "feature-not-implemented", "a disco set")
+        elif _deeper_than(xml, MAX_DEPTH):
+            return self._refuse(stanza, request, "modify", "bad-request", "nested too deep")
+        return stanza
+
+    @staticmethod
+    def _refuse(stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str) -> None:
+        xml = stanza.xml
+        if request:
+            log.debug("Refused an IQ from %.200r: %s", xml.get("from"), why)
+            replies.error(stanza, error_type, condition).send()
+        else:
+            log.warning("Dropped a <%s/> from %.200r: %s", ET.QName(xml).localname, xml.get("from"), why)
+
+    def outgoing(self, stanza: StanzaBase) -> StanzaBase | None:
+        """The stanza, or None when it had to be written here (its ``id`` has a tab, LF or CR)."""
+        ident = stanza.xml.get("id")
+        stream = self.xmpp
+        if ident is None or ident.isprintable() or stream.use_cdata:  # (CDATA text keeps references as is)
+            return stanza
+        if ident.translate(CHARACTER_REFERENCES) == ident:
+            return stanza
+        text = tostring(stanza.xml, xmlns=stream.default_ns, stream=stream, top_level=True)
+        stream.send_raw(text.translate(CHARACTER_REFERENCES))
+        return None
+
+
+def _is_jid(text: str | None) -> bool:
+    if not text:
+        return True
+    try:
+        JID(text)
+    except InvalidJID:
+        return False
+    return True
+
+
+def _deeper_than(element: ET.Element, limit: int) -> bool:
+    """Whether ``element`` nests more than ``limit`` levels (itself being the first); walks
+    iteratively, and not at all when it holds fewer elements than ``limit``."""
+    if len(list(islice(element.iter(), limit))) < limit:
+        return False
+    stack = [(element, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in node)
+    return False

@@ -1,0 +1,56 @@
+"""Replies to an IQ built from its raw ``id``, ``from`` and ``to``, never from a copy of it.
+
+slixmpp's ``Iq.reply()`` deep-copies the whole request, payload and all, only to clear the copy
+(a payload nested a few hundred deep raises ``RecursionError``), and reads ``from`` and ``to``
+as JIDs (a malformed one raises ``InvalidJID``). An error path built on it can raise the very
+exception it is handling. :func:`result` and :func:`error` read the three attributes as strings
+and make a new, empty ``<iq/>``: nothing a peer sends can make them raise, and they cost less.
+
+Upstream, ``StanzaBase.reply()`` could do the same (a new element with the swapped raw
+attributes instead of ``copy.copy(self)`` followed by ``clear()``), and
+``RootStanza.exception()`` could answer from the raw attributes when building its reply fails.
+"""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree as ET
+
+from slixmpp.stanza import Iq
+from slixmpp.xmlstream import StanzaBase
+
+
+def result(request: StanzaBase) -> Iq:
+    """An empty ``result`` to ``request``, addressed back to its sender."""
+    return _reply(request, "result")
+
+
+def error(
+    request: StanzaBase,
+    error_type: str,
+    condition: str,
+    text: str | None = None,
+    extension: ET.Element | None = None,
+) -> Iq:
+    """An ``error`` reply to ``request``: ``<error type=error_type>`` with ``condition``, an
+    optional ``text`` and an optional application-specific ``extension`` element."""
+    reply = _reply(request, "error")
+    reply["error"]["type"] = error_type
+    reply["error"]["condition"] = condition
+    if text:
+        reply["error"]["text"] = text
+    if extension is not None:
+        reply["error"].append(extension)
+    return reply
+
+
+def _reply(request: StanzaBase, kind: str) -> Iq:
+    stream = request.stream
+    received = request.xml
+    attributes = {"type": kind}
+    if (ident := received.get("id")) is not None:
+        attributes["id"] = ident
+    if getattr(stream, "is_component", False) and (recipient := received.get("to")):
+        attributes["from"] = recipient  # a client's server adds our address itself
+    if sender := received.get("from"):
+        attributes["to"] = sender
+    return Iq(stream, xml=ET.Element(f"{{{stream.default_ns}}}iq", attributes), recv=True)
