@@ -113,9 +113,9 @@ class StreamGuard:
         xml = stanza.xml
         if request:
             log.debug("Refused an IQ from %.200r: %s", xml.get("from"), why)
-            replies.error(stanza, error_type, condition).send()
+            stanza.stream.send(replies.error(stanza, error_type, condition))
         else:
-            log.warning("Dropped a <%s/> from %.200r: %s", ET.QName(xml).localname, xml.get("from"), why)
+            log.warning("Dropped a <%s/> from %.200r: %s", xml.tag.rpartition('}')[2], xml.get("from"), why)
 
     def outgoing(self, stanza: StanzaBase) -> StanzaBase | None:
         """The stanza, or None when it had to be written here (its ``id`` has a tab, LF or CR)."""

@@ -207,7 +207,7 @@ class HttpUploadServer(BasePlugin):
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
         reply = replies.result(iq)
         reply.append(element)
-        reply.send()
+        self.xmpp.send(reply)
 
     def _refuse(
         self,
@@ -222,4 +222,4 @@ class HttpUploadServer(BasePlugin):
         request can cause."""
         self.metrics.refused(reason)
         log.debug("Refused (%s) a slot request from %.200s: %s", reason, iq.xml.get("from"), text)
-        replies.error(iq, error_type, condition, text, extension).send()
+        self.xmpp.send(replies.error(iq, error_type, condition, text, extension))

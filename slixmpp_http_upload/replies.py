@@ -5,6 +5,8 @@ slixmpp's ``Iq.reply()`` deep-copies the whole request, payload and all, only to
 as JIDs (a malformed one raises ``InvalidJID``). An error path built on it can raise the very
 exception it is handling. :func:`result` and :func:`error` read the three attributes as strings
 and make a new, empty ``<iq/>``: nothing a peer sends can make them raise, and they cost less.
+Send them with ``xmpp.send(reply)``: ``Iq.send()`` reads ``to`` as a JID again, and sets up a
+response matcher and a future even for a result.
 
 Upstream, ``StanzaBase.reply()`` could do the same (a new element with the swapped raw
 attributes instead of ``copy.copy(self)`` followed by ``clear()``), and

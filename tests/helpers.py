@@ -31,6 +31,14 @@ XmppServer = Prosody | Ejabberd
 
 # --------------------------------------------------------------- configurations
 
+OFFLINE_S3 = {  # never contacted: presigning does no I/O
+    "bucket_url": "http://127.0.0.1:9/bucket",
+    "region": "us-east-1",
+    "access_key_id": "AK",
+    "secret_access_key": "SK",
+}
+"""An ``[http_upload.s3]`` table for ``serve`` processes whose slots are never used."""
+
 
 def write_toml(path: Path, document: Mapping[str, Any]) -> Path:
     """Write ``document`` (tables of strings, integers, booleans and lists of them) as TOML."""

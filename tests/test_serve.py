@@ -23,18 +23,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError
 
-from helpers import UPLOAD_JID, serve_config
+from helpers import OFFLINE_S3, UPLOAD_JID, serve_config
 from servers import Prosody, free_ports
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.serve import Link
 
 MAX_FILE_SIZE = 1000
-S3 = {  # never contacted: presigning does no I/O
-    "bucket_url": "http://127.0.0.1:9/bucket",
-    "region": "us-east-1",
-    "access_key_id": "AK",
-    "secret_access_key": "SK",
-}
+S3 = OFFLINE_S3
 S3_TABLE = "[http_upload.s3]\n" + "".join(f'{key} = "{value}"\n' for key, value in S3.items())
 
 
