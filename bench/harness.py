@@ -28,7 +28,6 @@ from loadclient import Account, LoadClientProcess  # noqa: E402
 from servers import LOOPBACK, Prosody, _stop_process_group  # noqa: E402  (tests/servers.py, reused as is)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 OURS_JID = "upload.localhost"
 CEILING_JID = "ceiling.localhost"
 CEILING_SLOT_JID = "ceiling-slot.localhost"
@@ -71,12 +70,6 @@ def machine_busy_seconds() -> float:
         values = [int(v) for v in file.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     return (sum(values[:8]) - idle) / CLOCK_TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of ``pid`` in bytes (``/proc/PID/statm``)."""
-    with open(f"/proc/{pid}/statm") as file:
-        return int(file.read().split()[1]) * PAGE_SIZE
 
 
 def machine() -> dict[str, Any]:

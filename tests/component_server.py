@@ -2,7 +2,8 @@
 
 It takes any component that connects (any secret), lets a test write raw stanzas to it, as a
 server that routes whatever it is given would, and collects what the component sends back,
-by ``id``. It counts connections, so a test can tell that the component kept its stream.
+by ``id`` (:class:`Answers`). It counts connections, so a test can tell that the component kept
+its stream.
 """
 
 from __future__ import annotations
@@ -21,20 +22,43 @@ STREAM_HEADER = (
 )
 
 
+class Answers:
+    """Stanzas received, by ``id`` (parsed, so ``&#9;`` reads as a tab)."""
+
+    def __init__(self) -> None:
+        self.by_id: defaultdict[str | None, list[ET.Element]] = defaultdict(list)
+        self._arrived = asyncio.Event()
+
+    def add(self, stanza: ET.Element) -> None:
+        self.by_id[stanza.get("id")].append(stanza)
+        self._arrived.set()
+
+    async def wait_for(self, ids: set[str], timeout: float = 15) -> None:
+        """Until every id in ``ids`` was answered; ``TimeoutError`` (naming the first missing ones)
+        after ``timeout`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while missing := ids - self.by_id.keys():
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+            except TimeoutError:
+                raise TimeoutError(f"{len(missing)} unanswered, such as {sorted(missing)[:5]!r}") from None
+
+
 class ComponentServer:
     """``async with ComponentServer(jid) as server``: listens on ``server.port``; after
-    :meth:`wait_for_session`, :meth:`send` writes to the component and ``replies`` maps each
-    ``id`` the component sent to the stanzas that carried it (parsed, so ``&#9;`` reads as a tab)."""
+    :meth:`wait_for_session`, :meth:`send` writes to the component and ``answers`` holds what
+    the component sent."""
 
     def __init__(self, jid: str) -> None:
         self.jid = jid
         self.port = 0
         self.connections = 0
-        self.replies: defaultdict[str | None, list[ET.Element]] = defaultdict(list)
+        self.answers = Answers()
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._session = asyncio.Event()
-        self._arrived = asyncio.Event()
         self._closed = asyncio.Event()
 
     async def __aenter__(self) -> Self:
@@ -60,25 +84,11 @@ class ComponentServer:
     async def wait_for_session(self, timeout: float = 15) -> None:
         await asyncio.wait_for(self._session.wait(), timeout)
 
-    def send(self, *stanzas: str) -> None:
+    async def send(self, text: str) -> None:
+        """Write ``text`` (stanzas) to the component."""
         assert self._writer is not None, "no component connected"
-        self._writer.write("".join(stanzas).encode())
-
-    async def drain(self) -> None:
-        assert self._writer is not None
+        self._writer.write(text.encode())
         await self._writer.drain()
-
-    async def wait_for(self, ids: set[str], timeout: float = 15) -> None:
-        """Until every id in ``ids`` was answered; ``TimeoutError`` (naming the first missing ones)
-        after ``timeout`` s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while missing := ids - self.replies.keys():
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
-            except TimeoutError:
-                raise TimeoutError(f"{len(missing)} unanswered, such as {sorted(missing)[:5]!r}") from None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -104,8 +114,7 @@ class ComponentServer:
                         writer.write(b"<handshake/>")
                         self._session.set()
                     else:
-                        self.replies[element.get("id")].append(element)
-                        self._arrived.set()
+                        self.answers.add(element)
                     assert root is not None
                     root.clear()
         except ConnectionError:

@@ -134,6 +134,15 @@ class HttpService:
         return urls["PutURL"], urls["GetURL"]
 
 
+def offline_serve_config(port: int) -> dict[str, Any]:
+    """``serve`` for ``localhost`` against a stand-in server on 127.0.0.1:``port`` (any secret
+    will do), slots up to 1000 bytes from :data:`OFFLINE_S3`."""
+    return {
+        "component": {"server": "127.0.0.1", "port": port, "secret": "any", "domains": [DOMAIN]},
+        "http_upload": {"max_file_size": 1000, "s3": OFFLINE_S3},
+    }
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     """``slixmpp-http-upload ARGS`` in this process: its exit status, stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()

@@ -45,6 +45,7 @@ __all__ = [
     "find_nginx",
     "Nginx",
     "free_ports",
+    "rss_bytes",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -128,6 +129,12 @@ def _tail(paths: Iterable[Path], lines: int = 40) -> str:
         tail = "\n".join(text.splitlines()[-lines:])
         chunks.append(f"--- last {lines} lines of {path} ---\n{tail}")
     return "\n".join(chunks) if chunks else "(no log output)"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes (``/proc/PID/statm``)."""
+    with open(f"/proc/{pid}/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _stop_process_group(proc: subprocess.Popen[bytes], timeout: float) -> None:

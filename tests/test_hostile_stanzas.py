@@ -17,7 +17,7 @@ import pytest
 
 from component_server import COMPONENT_NS, ComponentServer
 from conftest import ServeProcess
-from helpers import DOMAIN, OFFLINE_S3, UPLOAD_JID
+from helpers import UPLOAD_JID, offline_serve_config
 
 ALICE = "alice@localhost/phone"
 BOB = "bob@localhost/laptop"
@@ -31,14 +31,6 @@ DEEP = "<x>" * 500 + "</x>" * 500
 SERVING_IDS = (f"serving-{n}" for n in itertools.count())
 
 
-def offline_serve_config(port: int) -> dict[str, object]:
-    """``serve`` for ``localhost`` against a server on ``port`` (any secret will do)."""
-    return {
-        "component": {"server": "127.0.0.1", "port": port, "secret": "any", "domains": [DOMAIN]},
-        "http_upload": {"max_file_size": 1000, "s3": OFFLINE_S3},
-    }
-
-
 @dataclass
 class Link:
     server: ComponentServer
@@ -48,20 +40,20 @@ class Link:
         """Send ``stanza``, then another user's slot request and disco#info query; wait for
         those two and return what answered ``ident`` (None: a stanza that gets no answer)."""
         slot, info = next(SERVING_IDS), next(SERVING_IDS)
-        self.server.send(
-            stanza,
-            f"<iq type='get' id='{slot}' from='{BOB}' to='{UPLOAD_JID}'>"
-            f"<request xmlns='{NS}' filename='b.txt' size='5'/></iq>",
-            f"<iq type='get' id='{info}' from='{BOB}' to='{UPLOAD_JID}'><query xmlns='{DISCO_INFO}'/></iq>",
+        await self.server.send(
+            stanza
+            + f"<iq type='get' id='{slot}' from='{BOB}' to='{UPLOAD_JID}'>"
+            f"<request xmlns='{NS}' filename='b.txt' size='5'/></iq>"
+            f"<iq type='get' id='{info}' from='{BOB}' to='{UPLOAD_JID}'><query xmlns='{DISCO_INFO}'/></iq>"
         )
-        await self.server.wait_for({slot, info} | ({ident} if ident is not None else set()))
-        [slot_reply] = self.server.replies[slot]
+        await self.server.answers.wait_for({slot, info} | ({ident} if ident is not None else set()))
+        [slot_reply] = self.server.answers.by_id[slot]
         assert slot_reply.find(f"{{{NS}}}slot") is not None, ET.tostring(slot_reply)
-        [info_reply] = self.server.replies[info]
+        [info_reply] = self.server.answers.by_id[info]
         assert info_reply.get("type") == "result"
         assert self.server.connections == 1 and self.server.connected, "the component lost its stream"
         assert self.process.running
-        return self.server.replies.get(ident, []) if ident is not None else []
+        return self.server.answers.by_id.get(ident, []) if ident is not None else []
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +101,7 @@ def iq(ident: str, payload: str, *, kind: str = "get", sender: str = ALICE, to: 
 async def test_deep_nesting_is_a_bad_request(link: Link, payload: str) -> None:
     [reply] = await link.answers(iq("deep", payload), "deep")
     assert condition(reply) == "modify/bad-request"
-    link.server.replies.pop("deep")
+    link.server.answers.by_id.pop("deep")
 
 
 async def test_nesting_in_a_message_or_presence_is_dropped(link: Link) -> None:
@@ -118,7 +110,7 @@ async def test_nesting_in_a_message_or_presence_is_dropped(link: Link) -> None:
         f"<presence id='deep-presence' from='{ALICE}' to='{UPLOAD_JID}'>{DEEP}</presence>",
     ):
         await link.answers(stanza, None)
-    assert "deep-message" not in link.server.replies and "deep-presence" not in link.server.replies
+    assert "deep-message" not in link.server.answers.by_id and "deep-presence" not in link.server.answers.by_id
 
 
 # ------------------------------------------------------------------- 4: disco sets
@@ -128,7 +120,7 @@ async def test_nesting_in_a_message_or_presence_is_dropped(link: Link) -> None:
 async def test_disco_set_is_answered(link: Link, namespace: str) -> None:
     [reply] = await link.answers(iq("disco-set", f"<query xmlns='{namespace}'/>", kind="set"), "disco-set")
     assert condition(reply) == "cancel/feature-not-implemented"
-    link.server.replies.pop("disco-set")
+    link.server.answers.by_id.pop("disco-set")
 
 
 # ---------------------------------------------------------------- 5: malformed JIDs
@@ -143,7 +135,7 @@ async def test_malformed_sender_gets_jid_malformed(link: Link, sender: str) -> N
     [reply] = await link.answers(stanza, "bad-from")
     assert condition(reply) == "modify/jid-malformed"
     assert (reply.get("to"), reply.get("from")) == (sender, UPLOAD_JID)
-    link.server.replies.pop("bad-from")
+    link.server.answers.by_id.pop("bad-from")
 
 
 @pytest.mark.parametrize(
@@ -157,7 +149,7 @@ async def test_malformed_sender_gets_jid_malformed(link: Link, sender: str) -> N
 async def test_malformed_address_on_other_iqs(link: Link, stanza: str) -> None:
     [reply] = await link.answers(stanza, "bad-to")
     assert condition(reply) == "modify/jid-malformed"
-    link.server.replies.pop("bad-to")
+    link.server.answers.by_id.pop("bad-to")
 
 
 async def test_malformed_sender_of_a_message_or_presence_is_dropped(link: Link) -> None:
@@ -167,7 +159,7 @@ async def test_malformed_sender_of_a_message_or_presence_is_dropped(link: Link) 
         f"<presence id='bad-probe' type='probe' from='alice@' to='{UPLOAD_JID}'/>",
     ):
         await link.answers(stanza, None)
-    assert not {"bad-message", "bad-presence", "bad-probe"} & link.server.replies.keys()
+    assert not {"bad-message", "bad-presence", "bad-probe"} & link.server.answers.by_id.keys()
 
 
 # ------------------------------------------------------------ 6: two payloads, one reply
@@ -186,7 +178,7 @@ async def test_malformed_sender_of_a_message_or_presence_is_dropped(link: Link) 
 async def test_two_payloads_get_one_bad_request(link: Link, payload: str) -> None:
     [reply] = await link.answers(iq("two", payload), "two")
     assert condition(reply) == "modify/bad-request"
-    link.server.replies.pop("two")
+    link.server.answers.by_id.pop("two")
 
 
 # ------------------------------------------------------------- 7: ids with whitespace
@@ -207,4 +199,4 @@ async def test_id_with_whitespace_comes_back_intact(link: Link, reference: str, 
     ident = "x" + ET.fromstring(f"<a b='{reference}'/>").get("b")
     [reply] = await link.answers(iq(f"x{reference}", payload), ident)
     assert (reply.get("type") if expected == "result" else condition(reply)) == expected
-    link.server.replies.pop(ident)
+    link.server.answers.by_id.pop(ident)
