@@ -7,7 +7,6 @@ the tests that need it are skipped locally, but fail when ``CI`` is set.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
@@ -18,12 +17,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-from slixmpp import ClientXMPP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from browser import Chromium, StaticSite, find_chromium  # noqa: E402
-from helpers import UPLOAD_JID, ClientPool, write_toml  # noqa: E402
+from helpers import UPLOAD_JID, XmppClients, write_toml  # noqa: E402
 from servers import Ejabberd, Prosody, SeaweedFS, _stop_process_group, find_ejabberd, find_prosody, find_weed  # noqa: E402
 
 USERS = {"alice": "alice-password", "bob": "bob-password"}
@@ -84,7 +82,6 @@ def xmpp_down() -> Iterator[int]:
         yield bound.getsockname()[1]
 
 
-
 class ServeProcess:
     """``python -m slixmpp_http_upload serve -c CONFIG`` in its own process group; its stdout
     and stderr go to files beside the config (``stdout``/``stderr`` read them)."""
@@ -139,27 +136,6 @@ def start_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[
     yield start
     for process in processes:
         process.stop()
-
-
-class XmppClients(ClientPool):
-    """Logged-in slixmpp clients (plaintext loopback) with the XEP-0363 client plugin."""
-
-    async def connect(self, server: Prosody, user: str = "alice", timeout: float = 15) -> ClientXMPP:
-        return await self.login(self._new_client(server, user), server, timeout)
-
-    async def login(self, xmpp: ClientXMPP, server: Prosody, timeout: float = 15) -> ClientXMPP:
-        """Log in ``xmpp``, a client made elsewhere (such as a bot); disconnected with the others."""
-        if xmpp not in self._clients:
-            self._clients.append(xmpp)
-        xmpp.enable_direct_tls = False
-        xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
-        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        xmpp.add_event_handler("session_start", lambda _: outcome.done() or outcome.set_result(True))
-        xmpp.add_event_handler("failed_all_auth", lambda _: outcome.done() or outcome.set_result(False))
-        xmpp.connect("127.0.0.1", server.c2s_port)
-        if not await asyncio.wait_for(outcome, timeout):
-            raise AssertionError(f"{xmpp.boundjid.bare} could not log in")
-        return xmpp
 
 
 @pytest.fixture

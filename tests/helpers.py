@@ -241,6 +241,27 @@ class ClientPool:
         await self.close()
 
 
+class XmppClients(ClientPool):
+    """Logged-in slixmpp clients (plaintext loopback) with the XEP-0363 client plugin."""
+
+    async def connect(self, server: Prosody, user: str = "alice", timeout: float = 15) -> ClientXMPP:
+        return await self.login(self._new_client(server, user), server, timeout)
+
+    async def login(self, xmpp: ClientXMPP, server: Prosody, timeout: float = 15) -> ClientXMPP:
+        """Log in ``xmpp``, a client made elsewhere (such as a bot); disconnected with the others."""
+        if xmpp not in self._clients:
+            self._clients.append(xmpp)
+        xmpp.enable_direct_tls = False
+        xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        xmpp.add_event_handler("session_start", lambda _: outcome.done() or outcome.set_result(True))
+        xmpp.add_event_handler("failed_all_auth", lambda _: outcome.done() or outcome.set_result(False))
+        xmpp.connect("127.0.0.1", server.c2s_port)
+        if not await asyncio.wait_for(outcome, timeout):
+            raise AssertionError(f"{xmpp.boundjid.bare} could not log in")
+        return xmpp
+
+
 async def upload_and_fetch(xmpp: ClientXMPP, path: Path) -> str:
     """Upload ``path`` like a user would (discovery through the server's disco#items), check
     that the GET URL serves the same bytes without credentials, and return that URL."""

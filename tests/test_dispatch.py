@@ -319,3 +319,47 @@ async def test_task_cancel_while_waiting_closes_the_coroutine() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert log == ["finally"]
+
+
+# ------------------------------------------------------------------ a job that raises
+
+
+@pytest.mark.parametrize("iqdisc", ["one_queue", "parallel", "queues"])
+@pytest.mark.parametrize("error", [RuntimeError("bug"), RecursionError(), asyncio.CancelledError()], ids=repr)
+async def test_a_job_that_raises_is_answered_and_the_next_runs(
+    iqdisc: str, error: BaseException, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job that raises (not cancelled from outside: a CancelledError it let escape counts
+    too) is logged once and its ``on_failure`` called; the worker goes on."""
+    dispatcher = make_dispatcher(IqDisc(iqdisc, 2 if iqdisc == "queues" else 1), 10)
+    rec = Recorder()
+    failed: list[str] = []
+
+    async def broken() -> None:
+        raise error
+
+    assert dispatcher.submit("k", broken, lambda: failed.append("broken"))
+    assert dispatcher.submit("k", rec.job("next"))
+    await until(lambda: rec.ends() == ["next"])
+    assert failed == ["broken"]
+    assert [r.message for r in caplog.records if r.levelname == "ERROR"] == ["A slot request's job failed"]
+    dispatcher.close()
+    await settle()
+
+
+async def test_an_on_failure_that_raises_is_logged_and_the_worker_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher = QueueDispatcher(1, 10)
+    rec = Recorder()
+
+    async def broken() -> None:
+        raise RuntimeError("bug")
+
+    def cannot_answer() -> None:
+        raise RuntimeError("no stream")
+
+    assert dispatcher.submit("k", broken, cannot_answer)
+    assert dispatcher.submit("k", rec.job("next"))
+    await until(lambda: rec.ends() == ["next"])
+    assert "Could not answer the request of a failed job" in caplog.text
+    dispatcher.close()
+    await settle()

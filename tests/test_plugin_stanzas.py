@@ -30,6 +30,8 @@ from xml.etree import ElementTree as ET
 import pytest
 from slixmpp import JID, ComponentXMPP
 from slixmpp.test import SlixTest
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from helpers import AsyncioErrors, key_on_another_queue
 import slixmpp_http_upload
@@ -614,6 +616,27 @@ class TestErrors(UploadTest):
             self.expect(error_xml("1", "wait", "internal-server-error"))
         self.assertIn("dispatcher broke", "\n".join(logs.output))
 
+    def test_a_job_that_raises_is_answered_once_and_the_queue_goes_on(self) -> None:
+        # A bug past the backend (here the metrics) must not end the one_queue worker.
+        self.start()
+        slot_created = self.plugin.metrics.slot_created
+        broken = [True]
+
+        def once_broken(seconds: float) -> None:
+            if broken.pop() if broken else False:
+                raise RuntimeError("metrics broke")
+            slot_created(seconds)
+
+        self.plugin.metrics.slot_created = once_broken  # type: ignore[method-assign]
+        with self.assertLogs("slixmpp_http_upload.dispatch", logging.ERROR) as logs:
+            self.recv(request_xml("1"))
+            self.expect(error_xml("1", "wait", "internal-server-error"))
+        self.assertEqual(len(logs.output), 1)
+        self.assertIn("metrics broke", logs.output[0])
+        self.recv(request_xml("2", sender=BOB))
+        self.expect(slot_xml("2", "a.txt", to=BOB))
+        self.expect(None)
+
     def test_local_users_allowed(self) -> None:
         self.start()
         self.recv(request_xml("1", sender=ALICE))
@@ -750,6 +773,32 @@ class TestClientBot(UploadTest):
         identities = [i.attrib for i in query.findall(f"{{{DISCO_INFO}}}identity")]
         self.assertIn({"category": "store", "type": "file", "name": "HTTP File Upload"}, identities)
         self.assertIn(NS, [f.get("var") for f in query.findall(f"{{{DISCO_INFO}}}feature")])
+
+
+    def test_bot_plugins_see_what_they_saw_before(self) -> None:
+        # The guard refuses only what would break the stream or go unanswered: another
+        # plugin's large IQ, or one with two of its own payloads, reaches its handler as before.
+        self.start(mode="client", jid=self.BOT)
+        seen: list[str] = []
+        self.xmpp.register_handler(
+            Callback("other plugin", MatchXPath("{jabber:client}iq/{urn:example}items"), lambda iq: seen.append(iq["id"]))
+        )
+        items = "".join(f'<item n="{n}"/>' for n in range(500))
+        for ident, payload in [
+            ("large", f'<items xmlns="urn:example">{items}</items>'),
+            ("two", '<items xmlns="urn:example"/><other xmlns="urn:example"/>'),
+        ]:
+            self.recv(f'<iq type="set" id="{ident}" from="alice@example.com/x" to="{self.BOT}">{payload}</iq>')
+        self.assertEqual(seen, ["large", "two"])
+        self.expect(None)
+
+    def test_plugin_end_removes_the_guard(self) -> None:
+        self.start(mode="client", jid=self.BOT)
+        self.xmpp.plugin.disable("http_upload_server")
+        self.recv(
+            f'<iq type="set" id="d" from="alice@example.com/x" to="{self.BOT}"><query xmlns="{DISCO_INFO}"/></iq>'
+        )
+        self.expect(None)  # slixmpp's own behaviour again: a disco set goes unanswered
 
 
 # -------------------------------------------------------------------------------- iqdisc
