@@ -59,6 +59,7 @@ stanzas recursively)."""
 DISCO_QUERIES = frozenset(
     f"{{http://jabber.org/protocol/disco#{kind}}}query" for kind in ("info", "items")
 )
+KNOWN_JIDS = 1024
 REQUESTS = ("get", "set")
 CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 
@@ -71,6 +72,7 @@ class StreamGuard:
         self.xmpp = xmpp
         self.served = payloads | DISCO_QUERIES
         self.iq_tag = f"{{{xmpp.default_ns}}}iq"
+        self._valid: set[str] = set()
 
     def install(self) -> None:
         self.xmpp.add_filter("in", self.incoming)
@@ -91,22 +93,33 @@ class StreamGuard:
     def _check(self, stanza: StanzaBase) -> StanzaBase | None:
         xml = stanza.xml
         request = xml.tag == self.iq_tag and xml.get("type") in REQUESTS
-        if not (_is_jid(xml.get("from")) and _is_jid(xml.get("to"))):
+        if not (self._is_jid(xml.get("from")) and self._is_jid(xml.get("to"))):
             return self._refuse(stanza, request, "modify", "jid-malformed", "malformed address")
-        if not request:
-            if _deeper_than(xml, MAX_DEPTH):
-                return self._refuse(stanza, request, "modify", "bad-request", "nested too deep")
-            return stanza
-        if any(child.tag in self.served for child in xml):
-            if len(xml) > 1:
-                return self._refuse(stanza, request, "modify", "bad-request", "more than one payload")
-            if len(list(islice(xml.iter(), MAX_ELEMENTS + 1))) > MAX_ELEMENTS:
+        if request and len(xml) == 1 and (payload := xml[0]).tag in self.served:  # the usual case
+            if len(payload) and len(list(islice(xml.iter(), MAX_ELEMENTS + 1))) > MAX_ELEMENTS:
                 return self._refuse(stanza, request, "modify", "bad-request", "too large")
-            if xml.get("type") == "set" and xml[0].tag in DISCO_QUERIES:
+            if payload.tag in DISCO_QUERIES and xml.get("type") == "set":
                 return self._refuse(stanza, request, "cancel", "feature-not-implemented", "a disco set")
-        elif _deeper_than(xml, MAX_DEPTH):
+            return stanza
+        if request and any(child.tag in self.served for child in xml):
+            return self._refuse(stanza, request, "modify", "bad-request", "more than one payload")
+        if _deeper_than(xml, MAX_DEPTH):
             return self._refuse(stanza, request, "modify", "bad-request", "nested too deep")
         return stanza
+
+    def _is_jid(self, text: str | None) -> bool:
+        """Whether ``text`` is absent or a valid JID; the valid ones are remembered (up to
+        :data:`KNOWN_JIDS` of them: the service's own and its busiest users')."""
+        if not text or text in self._valid:
+            return True
+        try:
+            JID(text)
+        except InvalidJID:
+            return False
+        if len(self._valid) >= KNOWN_JIDS:
+            self._valid.clear()
+        self._valid.add(text)
+        return True
 
     @staticmethod
     def _refuse(stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str) -> None:
@@ -128,16 +141,6 @@ class StreamGuard:
         text = tostring(stanza.xml, xmlns=stream.default_ns, stream=stream, top_level=True)
         stream.send_raw(text.translate(CHARACTER_REFERENCES))
         return None
-
-
-def _is_jid(text: str | None) -> bool:
-    if not text:
-        return True
-    try:
-        JID(text)
-    except InvalidJID:
-        return False
-    return True
 
 
 def _deeper_than(element: ET.Element, limit: int) -> bool:

@@ -21,6 +21,9 @@ import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from slixmpp import ClientXMPP
+from slixmpp.xmlstream import StanzaBase
+
 from component_server import Answers
 from servers import rss_bytes
 
@@ -29,6 +32,8 @@ LEGACY_NS = ("urn:xmpp:http:upload", "eu:siacs:conversations:http:upload")
 DISCO = ("http://jabber.org/protocol/disco#info", "http://jabber.org/protocol/disco#items")
 MALFORMED_JIDS = ("a@b@c", "@localhost", "alice@", "a b@localhost/x", "x" * 1100 + "@localhost", "a@/r", "é@@x")
 MB = 1024 * 1024
+PREFIX = "f"
+"""Every id the generator makes starts with it."""
 ESCAPES = str.maketrans(
     {"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
 )
@@ -71,9 +76,9 @@ class Generator:
         self.whitespace_ids = whitespace_ids
         self.max_value = max_value
 
-    def cases(self, count: int, prefix: str = "f") -> Iterator[Case]:
+    def cases(self, count: int) -> Iterator[Case]:
         for n in range(count):
-            yield self.case(f"{prefix}{n}-")
+            yield self.case(f"{PREFIX}{n}-")
 
     # ------------------------------------------------------------------ stanzas
 
@@ -257,6 +262,24 @@ class Verdict:
                 self.problems.append(f"{got} answers to {case.text[:200]!r}")
 
 
+def through_client(xmpp: ClientXMPP) -> tuple[Callable[[str], Awaitable[None]], Answers]:
+    """How :func:`fuzz` sends through ``xmpp`` (a logged-in client) and what collects the answers
+    to the generator's ids (kept from slixmpp's own handlers)."""
+    answers = Answers()
+
+    def collect(stanza: StanzaBase) -> StanzaBase | None:
+        if (stanza.xml.get("id") or "").startswith(PREFIX):
+            answers.add(stanza.xml)
+            return None
+        return stanza
+
+    async def send(text: str) -> None:
+        xmpp.send_raw(text)
+
+    xmpp.add_filter("in", collect)
+    return send, answers
+
+
 async def fuzz(
     generator: Generator,
     count: int,
@@ -280,7 +303,7 @@ async def fuzz(
         sent.extend(dataclasses.replace(case, text=case.text[:200]) for case in chunk)
         if (start + len(chunk)) // quarter > start // quarter:
             verdict.rss_mb.append(rss_bytes(pid) / MB)
-    last = generator.ordinary("f-last")  # answered after everything before it: no late answers left
+    last = generator.ordinary(f"{PREFIX}-last")  # answered after everything before it: no late answers left
     await send(last.text)
     await answers.wait_for({last.ident})
     verdict.check([*sent, last], answers)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from slixmpp.xmlstream import StanzaBase
-
-from component_server import Answers, ComponentServer
+from component_server import ComponentServer
 from helpers import OFFLINE_S3, UPLOAD_JID, offline_serve_config, serve_config
-from hostile import Generator, Verdict, fuzz
+from hostile import Generator, Verdict, fuzz, through_client
 from servers import Prosody
 
 SEED = 7
@@ -50,18 +48,7 @@ async def test_fuzz_through_prosody(prosody: Prosody, start_serve: Any, xmpp_cli
     process = start_serve(serve_config(prosody, OFFLINE_S3, max_file_size=1000))
     xmpp = await xmpp_clients.connect(prosody)
     await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID)
-    answers = Answers()
-
-    def collect(stanza: StanzaBase) -> StanzaBase | None:
-        if (stanza.xml.get("id") or "").startswith("f"):
-            answers.add(stanza.xml)
-            return None
-        return stanza
-
-    async def send(text: str) -> None:
-        xmpp.send_raw(text)
-
-    xmpp.add_filter("in", collect)
+    send, answers = through_client(xmpp)
     # Prosody 0.12 writes tab, LF and CR raw in the attributes it forwards (they come back as
     # spaces whoever answers), and stamps a valid ``from`` on what a user sends.
     generator = Generator(SEED, UPLOAD_JID, [], addressing=False, whitespace_ids=False, max_value=20_000)
