@@ -1,8 +1,11 @@
 """The slixmpp plugin ``http_upload_server``: answers XEP-0363 slot requests.
 
-A request goes: :meth:`HttpUploadServer._on_request` (inline, in stanza order) checks the IQ
-type, who asks and the fields, then hands :meth:`HttpUploadServer._answer` to the iqdisc
-dispatcher, which asks the policy hook and the backend and sends the slot.
+A request goes: :class:`~slixmpp_http_upload.guard.StreamGuard` (a filter on the stream)
+answers or drops what would break the stream (malformed addresses, several payloads, too many
+elements); :meth:`HttpUploadServer._on_request` (inline, in stanza order) checks the IQ type, who
+asks and the fields, then hands :meth:`HttpUploadServer._answer` to the iqdisc dispatcher, which
+asks the policy hook and the backend and sends the slot. Every reply is built by
+:mod:`slixmpp_http_upload.replies`, from the request's addresses and id alone.
 
 Config: every ``[http_upload]`` option (same checks and messages) — or ``settings``, the same
 already checked (:class:`~slixmpp_http_upload.config.UploadSettings`) — plus ``domain`` (the
@@ -26,10 +29,10 @@ from slixmpp.stanza import Iq
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
+from . import replies
 from .access import AccessRules, Policy, TryLater
 from .backends import Backend, create_backend
 from .config import UploadSettings, parse_upload_settings
-from . import replies
 from .dispatch import being_cancelled, make_dispatcher
 from .guard import StreamGuard
 from .metrics import SlotMetrics
