@@ -6,8 +6,8 @@ every user is lost. :class:`StreamGuard` adds two filters to one stream (not to 
 classes: a bot's other plugins go on seeing every stanza they saw before, save those that would
 have broken the stream or gone unanswered).
 
-Incoming, in this order (a refusal answers the IQ and drops it; "for the service" means it
-carries an upload ``<request>`` of a served dialect or a disco#info/#items query):
+Incoming (a refusal answers the IQ and drops it; "for the service" means that it carries an
+upload ``<request>`` of a served dialect or a disco#info/#items query):
 
 ==========================================================  ===================================
 ``from`` or ``to`` is not a JID                             IQ get/set: ``modify/jid-malformed``;
@@ -40,9 +40,8 @@ import logging
 from itertools import islice
 from xml.etree import ElementTree as ET
 
-from slixmpp import JID
+from slixmpp import JID, BaseXMPP
 from slixmpp.jid import InvalidJID
-from slixmpp import BaseXMPP
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.tostring import tostring
 
@@ -60,6 +59,7 @@ DISCO_QUERIES = frozenset(
     f"{{http://jabber.org/protocol/disco#{kind}}}query" for kind in ("info", "items")
 )
 KNOWN_JIDS = 1024
+"""How many valid addresses a guard remembers, so as not to parse them again."""
 REQUESTS = ("get", "set")
 CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 
