@@ -4,20 +4,28 @@
 (:mod:`component_server`) that writes each hostile stanza exactly as given, as a server that
 routes whatever it gets would. After each one, another user's slot request and disco query
 must be answered on the same stream, and the hostile IQ must have had exactly one answer.
+The stanzas Prosody forwards from a user are sent that way too, by a user to a ``serve`` behind
+a real Prosody, and another user's slixmpp client then asks for a slot: all but malformed
+addresses and ids with tab, LF or CR (which Prosody does not pass on intact) and two payloads
+(which Prosody 0.12 refuses itself: "Incorrect number of children for IQ stanza").
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
+from slixmpp import ClientXMPP
 
-from component_server import COMPONENT_NS, ComponentServer
+from component_server import Answers, ComponentServer
 from conftest import ServeProcess
-from helpers import UPLOAD_JID, offline_serve_config
+from helpers import OFFLINE_S3, UPLOAD_JID, XmppClients, offline_serve_config, serve_config
+from hostile import through_client
+from servers import Prosody
 
 ALICE = "alice@localhost/phone"
 BOB = "bob@localhost/laptop"
@@ -26,7 +34,6 @@ NS_V02 = "urn:xmpp:http:upload"
 DISCO_INFO = "http://jabber.org/protocol/disco#info"
 DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-IQ = f"{{{COMPONENT_NS}}}iq"
 DEEP = "<x>" * 500 + "</x>" * 500
 SERVING_IDS = (f"serving-{n}" for n in itertools.count())
 
@@ -200,3 +207,58 @@ async def test_id_with_whitespace_comes_back_intact(link: Link, reference: str, 
     [reply] = await link.answers(iq(f"x{reference}", payload), ident)
     assert (reply.get("type") if expected == "result" else condition(reply)) == expected
     link.server.answers.by_id.pop(ident)
+
+
+# ------------------------------------------------------------ the same, from a user via Prosody
+
+
+@dataclass
+class ViaProsody:
+    process: ServeProcess
+    send: Callable[[str], Awaitable[None]]
+    answers: Answers
+    bob: ClientXMPP
+
+
+@pytest.fixture(scope="module")
+async def via_prosody(prosody: Prosody, start_serve: Any) -> AsyncIterator[ViaProsody]:
+    process = start_serve(serve_config(prosody, OFFLINE_S3, max_file_size=1000))
+    async with XmppClients() as clients:
+        alice = await clients.connect(prosody, "alice")
+        bob = await clients.connect(prosody, "bob")
+        await clients.wait_for_service(alice, UPLOAD_JID)
+        send, answers = through_client(alice)
+        yield ViaProsody(process, send, answers, bob)
+    assert process.stderr.count("connected to") == 1, process.stderr
+    assert " ERROR " not in process.stderr, process.stderr
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "expected"),
+    [
+        pytest.param(
+            f"<request xmlns='{NS}' filename='a.txt' size='10'>{DEEP}</request>", "get", "modify/bad-request", id="1"
+        ),
+        pytest.param(
+            f"<request xmlns='{NS}' filename='a.txt' size='-1'>{DEEP}</request>", "get", "modify/bad-request", id="2"
+        ),
+        pytest.param(
+            f"<request xmlns='{NS_V02}'><filename>{DEEP}a.txt</filename><size>10</size></request>",
+            "get",
+            "modify/bad-request",
+            id="2-legacy",
+        ),
+        pytest.param(f"<unknown xmlns='urn:example'>{DEEP}</unknown>", "get", "modify/bad-request", id="2-unknown"),
+        pytest.param(f"<query xmlns='{DISCO_INFO}'>{DEEP}</query>", "get", "modify/bad-request", id="3"),
+        pytest.param(f"<query xmlns='{DISCO_INFO}'/>", "set", "cancel/feature-not-implemented", id="4-info"),
+        pytest.param(f"<query xmlns='{DISCO_ITEMS}'/>", "set", "cancel/feature-not-implemented", id="4-items"),
+    ],
+)
+async def test_from_a_user_through_prosody(via_prosody: ViaProsody, payload: str, kind: str, expected: str) -> None:
+    ident = f"f-{next(SERVING_IDS)}"  # through_client collects the ids that start with "f"
+    await via_prosody.send(f"<iq type='{kind}' id='{ident}' to='{UPLOAD_JID}'>{payload}</iq>")
+    await via_prosody.answers.wait_for({ident})
+    slot = await via_prosody.bob.plugin["xep_0363"].request_slot(UPLOAD_JID, "b.txt", 5, "text/plain", timeout=10)
+    assert slot["http_upload_slot"]["put"]["url"]
+    [reply] = via_prosody.answers.by_id[ident]
+    assert condition(reply) == expected
