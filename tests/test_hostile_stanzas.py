@@ -62,6 +62,13 @@ class Link:
         assert self.process.running
         return self.server.answers.by_id.get(ident, []) if ident is not None else []
 
+    async def only_answer(self, stanza: str, ident: str) -> ET.Element:
+        """The one answer to ``stanza``, whose id is ``ident`` (forgotten then: the next test may
+        use the same id)."""
+        [reply] = await self.answers(stanza, ident)
+        del self.server.answers.by_id[ident]
+        return reply
+
 
 @pytest.fixture(scope="module")
 async def link(start_serve: object) -> AsyncIterator[Link]:
@@ -106,9 +113,7 @@ def iq(ident: str, payload: str, *, kind: str = "get", sender: str = ALICE, to: 
     ],
 )
 async def test_deep_nesting_is_a_bad_request(link: Link, payload: str) -> None:
-    [reply] = await link.answers(iq("deep", payload), "deep")
-    assert condition(reply) == "modify/bad-request"
-    link.server.answers.by_id.pop("deep")
+    assert condition(await link.only_answer(iq("deep", payload), "deep")) == "modify/bad-request"
 
 
 async def test_nesting_in_a_message_or_presence_is_dropped(link: Link) -> None:
@@ -125,9 +130,8 @@ async def test_nesting_in_a_message_or_presence_is_dropped(link: Link) -> None:
 
 @pytest.mark.parametrize("namespace", [DISCO_INFO, DISCO_ITEMS], ids=["info", "items"])
 async def test_disco_set_is_answered(link: Link, namespace: str) -> None:
-    [reply] = await link.answers(iq("disco-set", f"<query xmlns='{namespace}'/>", kind="set"), "disco-set")
+    reply = await link.only_answer(iq("disco-set", f"<query xmlns='{namespace}'/>", kind="set"), "disco-set")
     assert condition(reply) == "cancel/feature-not-implemented"
-    link.server.answers.by_id.pop("disco-set")
 
 
 # ---------------------------------------------------------------- 5: malformed JIDs
@@ -139,10 +143,9 @@ MALFORMED = ["a@b@c", "@localhost", "alice@", "a b@localhost/x", "x" * 1100 + "@
 @pytest.mark.parametrize("sender", MALFORMED, ids=["two-at", "empty-local", "empty-domain", "space", "long-local"])
 async def test_malformed_sender_gets_jid_malformed(link: Link, sender: str) -> None:
     stanza = iq("bad-from", f"<request xmlns='{NS}' filename='a.txt' size='10'/>", sender=sender)
-    [reply] = await link.answers(stanza, "bad-from")
+    reply = await link.only_answer(stanza, "bad-from")
     assert condition(reply) == "modify/jid-malformed"
     assert (reply.get("to"), reply.get("from")) == (sender, UPLOAD_JID)
-    link.server.answers.by_id.pop("bad-from")
 
 
 @pytest.mark.parametrize(
@@ -154,9 +157,7 @@ async def test_malformed_sender_gets_jid_malformed(link: Link, sender: str) -> N
     ids=["disco-to", "unknown-payload-from"],
 )
 async def test_malformed_address_on_other_iqs(link: Link, stanza: str) -> None:
-    [reply] = await link.answers(stanza, "bad-to")
-    assert condition(reply) == "modify/jid-malformed"
-    link.server.answers.by_id.pop("bad-to")
+    assert condition(await link.only_answer(stanza, "bad-to")) == "modify/jid-malformed"
 
 
 async def test_malformed_sender_of_a_message_or_presence_is_dropped(link: Link) -> None:
@@ -183,9 +184,7 @@ async def test_malformed_sender_of_a_message_or_presence_is_dropped(link: Link) 
     ids=["disco-then-request", "request-then-disco", "info-and-items", "two-requests"],
 )
 async def test_two_payloads_get_one_bad_request(link: Link, payload: str) -> None:
-    [reply] = await link.answers(iq("two", payload), "two")
-    assert condition(reply) == "modify/bad-request"
-    link.server.answers.by_id.pop("two")
+    assert condition(await link.only_answer(iq("two", payload), "two")) == "modify/bad-request"
 
 
 # ------------------------------------------------------------- 7: ids with whitespace
@@ -204,9 +203,8 @@ async def test_two_payloads_get_one_bad_request(link: Link, payload: str) -> Non
 )
 async def test_id_with_whitespace_comes_back_intact(link: Link, reference: str, payload: str, expected: str) -> None:
     ident = "x" + ET.fromstring(f"<a b='{reference}'/>").get("b")
-    [reply] = await link.answers(iq(f"x{reference}", payload), ident)
+    reply = await link.only_answer(iq(f"x{reference}", payload), ident)
     assert (reply.get("type") if expected == "result" else condition(reply)) == expected
-    link.server.answers.by_id.pop(ident)
 
 
 # ------------------------------------------------------------ the same, from a user via Prosody
