@@ -14,6 +14,7 @@ from datetime import datetime
 
 from slixmpp import JID
 
+from .domains import normalise_domain
 from .slot import SlotRequest
 
 
@@ -36,12 +37,15 @@ class AccessRules:
     """The static part of the decision, made before the request is even parsed."""
 
     def __init__(self, served_domain: str, allow: frozenset[str], deny: frozenset[str]) -> None:
-        self.served_domain = served_domain
+        """``allow`` and ``deny`` as the configuration checked them; every domain compares in
+        :func:`~slixmpp_http_upload.domains.normalise_domain`'s form."""
+        self.served_domain = normalise_domain(served_domain)
         self.allow = allow
         self.deny = deny
 
     def permits(self, requester: JID) -> bool:
-        bare, domain = requester.bare, requester.domain
+        domain = normalise_domain(requester.domain)
+        bare = f"{requester.node}@{domain}" if requester.node else domain
         if bare in self.deny or domain in self.deny:
             return False
         return domain == self.served_domain or bare in self.allow or domain in self.allow

@@ -15,7 +15,7 @@ from importlib.metadata import version
 from .backends import create_backend
 from .config import Config, config_path, load_config
 from .local import LocalBackend
-from .options import ConfigError
+from .options import ConfigError, domain_name
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
 from .slot import BadRequest, FileTooLarge, make_request
@@ -38,7 +38,10 @@ def expiration_time(value: str) -> int:
 def command_urls(args: argparse.Namespace, config: Config) -> int:
     """Print a slot's URLs, like ``mongooseimctl http_upload``."""
     domains = config.component.domains
-    domain = args.domain.lower()
+    try:
+        domain = domain_name(args.domain)
+    except ValueError as error:
+        raise Refused(f"DOMAIN {error}, got {args.domain!r}") from None
     if domains and domain not in domains:
         raise Refused(f"{args.domain!r} is not a served domain (component.domains: {', '.join(domains)})")
     expiration = expiration_time(args.expiration)

@@ -20,6 +20,7 @@ from slixmpp import JID
 from slixmpp.jid import InvalidJID
 
 from .baseurl import parse_base_url
+from .domains import normalise_domain, service_jid_problem
 from .options import (
     REQUIRED,
     ConfigError,
@@ -82,7 +83,9 @@ def _host_template(value: Any) -> str:
         domain_name(template.replace(HOST_PLACEHOLDER, "example.org"))
     except ValueError:
         raise ValueError(f"must be a domain name, where {HOST_PLACEHOLDER} stands for each served domain") from None
-    return HOST_PLACEHOLDER.join(part.lower() for part in template.split(HOST_PLACEHOLDER))
+    return HOST_PLACEHOLDER.join(
+        ".".join(normalise_domain(label.lower()) for label in part.split(".")) for part in template.split(HOST_PLACEHOLDER)
+    )
 
 
 def _jid_or_domain_list(value: Any) -> frozenset[str]:
@@ -96,7 +99,8 @@ def _jid_or_domain_list(value: Any) -> frozenset[str]:
             raise ValueError(f"{item!r} is not a bare JID or a domain") from None
         if jid.resource or not jid.domain:
             raise ValueError(f"{item!r} is not a bare JID or a domain")
-        entries.add(jid.bare)
+        domain = normalise_domain(jid.domain)
+        entries.add(f"{jid.node}@{domain}" if jid.node else domain)
     return frozenset(entries)
 
 
@@ -199,7 +203,7 @@ class UploadSettings:
         prefix, placeholder, suffix = self.host.partition(HOST_PLACEHOLDER)
         if not placeholder:
             return None
-        name = str(service_jid).lower()
+        name = normalise_domain(str(service_jid).lower())
         if len(name) > len(prefix) + len(suffix) and name.startswith(prefix) and name.endswith(suffix):
             return name[len(prefix) : len(name) - len(suffix)]
         return None
@@ -308,6 +312,10 @@ def parse_config(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         raise ConfigError(
             "http_upload.host", f"must contain {HOST_PLACEHOLDER} when component.domains lists several domains"
         )
+    for domain in config.component.domains:
+        service_jid = config.http_upload.service_jid(domain)
+        if problem := service_jid_problem(service_jid):
+            raise ConfigError("component.domains", f"{domain!r} makes the service JID {service_jid!r} (http_upload.host): {problem}")
     return config
 
 
@@ -321,10 +329,16 @@ def config_path(option: str | None) -> Path:
 
 def load_config(path: Path) -> Config:
     try:
-        with path.open("rb") as file:
-            raw = tomllib.load(file)
+        data = path.read_bytes()
     except OSError as error:
         raise ConfigError("", f"cannot read the configuration file {str(path)!r}: {error.strerror}") from None
+    try:
+        document = data.decode("utf-8")
+    except UnicodeDecodeError as error:  # TOML is UTF-8; the bytes themselves are not shown
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError("", f"{path}: line {line} is not UTF-8 text (TOML files are UTF-8)") from None
+    try:
+        raw = tomllib.loads(document)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError("", f"{path}: not valid TOML: {error}") from None
     return parse_config(raw, path.resolve().parent)

@@ -8,10 +8,11 @@ Every table of the configuration (and the plugin's config dict) is described by 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from . import domains
 
 
 class ConfigError(ValueError):
@@ -35,14 +36,25 @@ Check = Callable[[Any], Any]
 """Turns a raw value into the option's value, or raises ``ValueError("what is wrong")``."""
 
 
+CREDENTIAL_WORDS = frozenset({"secret", "password", "passphrase", "credentials", "key", "token"})
+"""An option whose name ends in one of these words (``api_key``, ``session_token``,
+``secret``; not ``token_bytes``) may hold a credential, declared secret or not."""
+
+
 @dataclass(frozen=True)
 class Option:
-    """One configuration key: name, default, check; ``secret`` keeps its value out of messages."""
+    """One configuration key: name, default, check; ``secret`` keeps its value out of messages
+    (so does a name ending in one of :data:`CREDENTIAL_WORDS`: a credential may land in a neighbour)."""
 
     name: str
     default: Any
     check: Check
     secret: bool = False
+
+    @property
+    def hidden(self) -> bool:
+        """Whether messages show at most the value's type, never the value."""
+        return self.secret or self.name.lower().rpartition("_")[2] in CREDENTIAL_WORDS
 
 
 def parse_table(raw: Mapping[str, Any], options: Sequence[Option], path: str = "") -> dict[str, Any]:
@@ -70,7 +82,7 @@ def _parse_value(raw: Mapping[str, Any], option: Option, path: str) -> Any:
     except ConfigError as error:  # a nested table reports its own, deeper path
         raise ConfigError(_join(path, error.path), error.problem) from None
     except ValueError as error:
-        shown = "" if option.secret else f", got {value!r}"
+        shown = f" (got a {type(value).__name__}, not shown)" if option.hidden else f", got {value!r}"
         raise ConfigError(path, f"{error}{shown}") from None
 
 
@@ -118,17 +130,11 @@ def one_of(*choices: str) -> Check:
     return check
 
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-
-
 def domain_name(value: Any) -> str:
-    """A DNS-style domain name (what an XMPP server or component is called), lower-cased."""
+    """A domain name, Unicode or punycode, in the compared form (see :mod:`.domains`)."""
     if not isinstance(value, str):
         raise ValueError("must be a domain name")
-    name = value.lower()
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        raise ValueError("must be a domain name (labels of letters, digits and '-', joined by '.')")
-    return name
+    return domains.domain_name(value)
 
 
 def domain_list(value: Any) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
 from slixmpp import JID
+from slixmpp.basexmpp import BaseXMPP
 from slixmpp.plugins import BasePlugin
 from slixmpp.stanza import Iq
 from slixmpp.xmlstream.handler import Callback
@@ -34,6 +35,7 @@ from .access import AccessRules, Policy, TryLater
 from .backends import Backend, create_backend
 from .config import UploadSettings, parse_upload_settings
 from .dispatch import being_cancelled, make_dispatcher
+from .domains import normalise_domain, same_jid
 from .guard import StreamGuard
 from .metrics import SlotMetrics
 from .options import ConfigError
@@ -47,10 +49,22 @@ HANDLER_NAME = "XEP-0363 slot request"
 
 
 class RequestMatcher(MatcherBase):
-    """Matches an IQ whose payload is a ``<request/>`` of one of the served dialects."""
+    """Matches an IQ to the service JID whose payload is a ``<request/>`` of a served dialect.
+
+    The service JID is ``xmpp.boundjid``, read at each match (a bot's is known once bound). An
+    IQ to any other JID at the component is left to slixmpp, which answers it as it answers any
+    IQ nothing handles."""
+
+    def __init__(self, tags: set[str], xmpp: BaseXMPP) -> None:
+        super().__init__(tags)
+        self.xmpp = xmpp
 
     def match(self, stanza: Any) -> bool:
-        return stanza.name == "iq" and any(child.tag in self._criteria for child in stanza.xml)
+        return (
+            stanza.name == "iq"
+            and any(child.tag in self._criteria for child in stanza.xml)
+            and same_jid(stanza["to"], self.xmpp.boundjid)
+        )
 
 
 class HttpUploadServer(BasePlugin):
@@ -73,7 +87,7 @@ class HttpUploadServer(BasePlugin):
         self.metrics = SlotMetrics(service_jid)
         dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
-        matcher = RequestMatcher(set(self.dialects))  # lets only IQs through
+        matcher = RequestMatcher(set(self.dialects), self.xmpp)  # lets only IQs through
         self.xmpp.register_handler(Callback(HANDLER_NAME, matcher, self._on_request))  # type: ignore[arg-type]
         self.guard = StreamGuard(self.xmpp, frozenset(self.dialects))
         self.guard.install()
@@ -113,7 +127,7 @@ class HttpUploadServer(BasePlugin):
                     f"{self.name}.domain",
                     f"is required: the JID {service_jid} does not fit host {self.settings.host!r}",
                 )
-        return (domain or self.xmpp.boundjid.domain).lower()
+        return normalise_domain((domain or self.xmpp.boundjid.domain).lower())
 
     def _advertise(self, _bound: object = None) -> None:
         """disco#info on the JID we are bound to: identity, a feature and (with a size limit) a
@@ -157,6 +171,8 @@ class HttpUploadServer(BasePlugin):
             return
         element = next(child for child in iq.xml if child.tag in self.dialects)
         dialect = self.dialects[element.tag]
+        if not iq["type"]:  # RFC 6120 8.2.3: the type is required
+            return self._refuse(iq, "bad-request", "modify", "bad-request", "An IQ needs a type.")
         if iq["type"] != "get":
             return self._refuse(iq, "not-allowed", "cancel", "not-allowed", "Slot requests are IQ get.")
         requester = iq["from"]

@@ -72,7 +72,7 @@ S3_OPTIONS = (
     Option("bucket_url", REQUIRED, parse_bucket_url),
     Option("add_acl", False, boolean),
     Option("region", None, _region),
-    Option("access_key_id", None, _key_id),
+    Option("access_key_id", None, _key_id, secret=True),
     Option("secret_access_key", None, text, secret=True),
     Option("session_token", None, text, secret=True),
 )

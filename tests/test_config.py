@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from helpers import run_cli
+from slixmpp_http_upload.options import ConfigError, Option, integer, parse_table
 
 PREFIX = "slixmpp-http-upload: configuration error: "
 SECRET = "BASE-SECRET-wJalrXUtnFEMI-K7MDENG"
@@ -88,6 +89,7 @@ EXP = "http_upload.expiration_time: must be an integer from 1 to 604800"
 HOST_NAME = "http_upload.host: must be a domain name, where @HOST@ stands for each served domain"
 MAX_SIZE = 'http_upload.max_file_size: must be a positive integer (bytes) or "infinity"'
 
+LONG_DOMAIN = ("a" * 49 + ".") * 4 + "b" * 52
 DOT_SEGMENTS = "http_upload.s3.bucket_url: path must not have empty, '.' or '..' segments"
 
 CASES = {
@@ -144,6 +146,16 @@ CASES = {
     "domain-invalid": ({"component.domains": '["exa mple.org"]'}, "component.domains: must be a domain name"),
     "domain-twice": ({"component.domains": '["example.org", "EXAMPLE.org"]'},
                      "component.domains: must not list a domain twice"),
+    "domain-twice-unicode-and-punycode": ({"component.domains": '["münchen.example", "xn--mnchen-3ya.example"]'},
+                                          "component.domains: must not list a domain twice"),
+    "domain-trailing-newline": ({"component.domains": '["example.org\\n"]'},
+                                "component.domains: must be a domain name"),
+    "domain-trailing-dot": ({"component.domains": '["example.org."]'}, "component.domains: must be a domain name"),
+    "domain-label-too-long": ({"component.domains": f'["{"a" * 64}.org"]'}, "component.domains: must be a domain name"),
+    # 252 characters pass as a domain, but "upload." makes 259, more than slixmpp takes
+    "service-jid-too-long": ({"component.domains": f'["{LONG_DOMAIN}"]'},
+                             f"component.domains: '{LONG_DOMAIN}' makes the service JID 'upload.{LONG_DOMAIN}' "
+                             "(http_upload.host): slixmpp refuses it"),
     # iqdisc
     "iqdisc-name": ({"http_upload.iqdisc": '"fast"'},
                     "http_upload.iqdisc.type: must be one of 'no_queue', 'one_queue', 'parallel', 'queues'"),
@@ -247,6 +259,9 @@ def test_configuration_error(tmp_path, changes, expected):
         (bucket_url("https://AKID:TOP-SECRET-PW@example.org/bucket"), "http_upload.s3.bucket_url"),
         (bucket_url("ftp://AKID:TOP-SECRET-PW@example.org:99999/bucket"), "http_upload.s3.bucket_url"),
         (bucket_url("AKID:TOP-SECRET-PW@example.org/bucket"), "http_upload.s3.bucket_url"),
+        # key id and secret swapped: the secret (it has a '/') lands in access_key_id
+        ({"http_upload.s3.access_key_id": '"TOP-SECRET/K7MDENG/bPxRfiCY"', "http_upload.s3.secret_access_key": '"AKIDEXAMPLE"'},
+         "http_upload.s3.access_key_id"),
     ],
 )
 def test_secret_values_stay_out_of_messages(tmp_path, changes, key):
@@ -266,6 +281,22 @@ def test_infinity_max_file_size_is_accepted(tmp_path):
 def test_invalid_toml(tmp_path):
     config = write(tmp_path, "[http_upload\nexpiration_time = 60\n")
     assert_config_error(*run_cli(*urls(config)), "not valid TOML")
+
+
+def test_a_credential_named_option_of_another_backend_is_not_echoed():
+    options = (Option("api_key", None, integer(1)), Option("secret", None, integer(1)), Option("token_bytes", 1, integer(1)))
+    for key in ("api_key", "secret"):
+        with pytest.raises(ConfigError) as caught:
+            parse_table({key: "TOP-SECRET"}, options, "http_upload.vault")
+        assert str(caught.value) == f"http_upload.vault.{key}: must be an integer ≥ 1 (got a str, not shown)"
+    with pytest.raises(ConfigError, match="token_bytes: must be an integer ≥ 1, got 'x'"):
+        parse_table({"token_bytes": "x"}, options)
+
+
+def test_not_utf8(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_bytes(render({"component.domains": '["caf\xe9.example"]'}).encode("utf-8").replace(b"\xc3\xa9", b"\xe9"))
+    assert_config_error(*run_cli(*urls(config)), f"{config}: line 2 is not UTF-8 text")
 
 
 def test_missing_file(tmp_path):

@@ -558,6 +558,51 @@ class TestErrors(UploadTest):
             self.recv(request_xml(f"s{n}", ns=ns, iq_type="set"))
             self.expect(error_xml(f"s{n}", "cancel", "not-allowed", NOT_GET))
 
+    def test_iq_without_type_is_bad_request(self) -> None:
+        self.start()
+        self.recv(request_xml("t", iq_type="get").replace(' type="get"', ""))
+        reply = self.next_sent()
+        self.assertEqual((reply.get("type"), reply.get("id")), ("error", "t"))
+        error = reply.find("{jabber:client}error")
+        self.assertEqual(error.get("type"), "modify")
+        self.assertIsNotNone(error.find(f"{{{STANZAS}}}bad-request"))
+        self.assertEqual(self.backend.requests, [])
+
+    def test_only_the_service_jid_answers(self) -> None:
+        # Another JID at the component gets what slixmpp answers for an IQ nothing handles,
+        # exactly as for a payload nobody knows; no slot.
+        self.start()
+        for n, other in enumerate(["nobody@upload.localhost/x", "upload.localhost/res", "nobody@upload.localhost"]):
+            self.recv(request_xml(f"o{n}").replace(f'to="{SERVICE}"', f'to="{other}"'))
+            refusal = self.next_sent()
+            self.recv(f'<iq type="get" id="u{n}" from="{ALICE}" to="{other}"><query xmlns="urn:example:none"/></iq>')
+            unknown = self.next_sent()
+            self.assertEqual((refusal.get("type"), refusal.get("from")), ("error", other))
+            self.assertEqual(
+                ET.tostring(refusal.find("{jabber:client}error")), ET.tostring(unknown.find("{jabber:client}error"))
+            )
+        self.assertEqual(self.backend.requests, [])
+        self.recv(request_xml("ok").replace(f'to="{SERVICE}"', 'to="UPLOAD.localhost"'))
+        self.expect(slot_xml("ok", "a.txt").replace(f'from="{SERVICE}"', 'from="UPLOAD.localhost"'))
+
+    def test_idn_domains_compare_in_one_form(self) -> None:
+        service = "upload.münchen.example"
+        self.start(jid=service, allow=["xn--bcher-kva.example"], deny=["eve@bücher.example"])
+        self.assertEqual(self.plugin.rules.served_domain, "münchen.example")
+        cases = {
+            "alice@münchen.example/x": "result",
+            "alice@xn--mnchen-3ya.example/x": "result",
+            "bob@bücher.example/x": "result",
+            "bob@XN--BCHER-KVA.example/x": "result",
+            "eve@xn--bcher-kva.example/x": "error",
+            "eve@bücher.example/x": "error",
+            "mallory@muenchen.example/x": "error",
+        }
+        for n, (sender, outcome) in enumerate(cases.items()):
+            to = "upload.xn--mnchen-3ya.example" if n % 2 else service
+            self.recv(request_xml(f"i{n}", sender=sender).replace(f'to="{SERVICE}"', f'to="{to}"'))
+            self.assertEqual((sender, self.next_sent().get("type")), (sender, outcome))
+
     def test_result_and_error_get_no_reply(self) -> None:
         self.start()
         for iq_type in ("result", "error"):
