@@ -4,7 +4,10 @@ its HTTP server) or S3 presigned URLs.
 Importing the package registers the slixmpp plugin ``http_upload_server``.
 """
 
-from slixmpp.plugins.base import register_plugin
+__version__ = "0.1.0"
+"""The one place of the version (setup.cfg reads it)."""
+
+from slixmpp.plugins.base import register_plugin  # noqa: E402
 
 from .access import TryLater
 from .backends import Backend, register_backend

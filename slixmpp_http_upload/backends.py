@@ -8,8 +8,9 @@ and ``path`` the key path to name in a :class:`~slixmpp_http_upload.options.Conf
 A factory checks its options and does no I/O (the ``local`` backend's prepares its root and
 key, so that a root it cannot write is a configuration error); ``create_slot`` may.
 
-Factories are found, in this order, among those given to :func:`register_backend` and those
-published in the entry-point group ``slixmpp_http_upload.backends`` (the S3 backend is one).
+Factories are found, in this order, among those given to :func:`register_backend` (the built-in
+``s3`` and ``local`` are from the start, so a source checkout or a copy vendored into a bot finds
+them without installed metadata) and those published in the entry-point group ``slixmpp_http_upload.backends``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .local import LocalBackend
 from .options import ConfigError
+from .s3 import S3Backend
 from .slot import Slot, SlotRequest
 
 if TYPE_CHECKING:
@@ -36,7 +39,7 @@ class Backend(Protocol):
 
 BackendFactory = Callable[["UploadSettings", Mapping[str, Any], str], Backend]
 
-_registered: dict[str, BackendFactory] = {}
+_registered: dict[str, BackendFactory] = {"s3": S3Backend.from_settings, "local": LocalBackend.from_settings}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:

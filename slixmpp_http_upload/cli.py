@@ -10,8 +10,8 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Sequence
-from importlib.metadata import version
 
+from . import __version__
 from .backends import create_backend
 from .config import Config, config_path, load_config
 from .local import LocalBackend
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="XEP-0363 HTTP File Upload service, with its own file store or S3."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version(PROG)}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument(
         "-c", "--config", metavar="PATH", help="TOML configuration file (default: $SLIXMPP_HTTP_UPLOAD_CONFIG)"
