@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from .local import LocalBackend
 from .s3 import S3Backend
-from .slot import SlotRequest
+from .slot import SlotRequest, SlotsUnavailable
 
 PROBE = b"slixmpp-http-upload check probe\n"
 TIMEOUT = 15.0
@@ -91,7 +91,11 @@ def run_check(backend: S3Backend | LocalBackend, domain: str, out: TextIO) -> bo
     """Run every step, print one line each; True when all passed."""
     filename = f"slixmpp-http-upload-check-{secrets.token_hex(4)}.txt"
     request = SlotRequest(filename=filename, size=len(PROBE), content_type="text/plain", domain=domain)
-    slot = backend.make_slot(request)
+    try:
+        slot = backend.make_slot(request)
+    except SlotsUnavailable as error:
+        out.write(f"FAIL  slot    {error}\nthe check failed\n")
+        return False
     out.write(f"ok    slot    {slot.get_url} (PUT URL signed for {backend.expiration_time} s)\n")
     if not slot.get_url.startswith("https://"):
         out.write("warn  https   the URLs are not https: Gajim and other clients refuse such slots\n")

@@ -18,7 +18,7 @@ from .local import LocalBackend
 from .options import ConfigError, domain_name
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
-from .slot import BadRequest, FileTooLarge, make_request
+from .slot import BadRequest, FileTooLarge, SlotsUnavailable, make_request
 
 PROG = "slixmpp-http-upload"
 
@@ -119,6 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"{PROG}: configuration error: {error}", file=sys.stderr)
         return 2
-    except Refused as error:
+    except (Refused, SlotsUnavailable) as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1

@@ -39,7 +39,7 @@ from .domains import normalise_domain, same_jid
 from .guard import StreamGuard
 from .metrics import SlotMetrics
 from .options import ConfigError
-from .slot import BadRequest, FileTooLarge, SlotRequest, make_request
+from .slot import BadRequest, FileTooLarge, SlotRequest, SlotsUnavailable, make_request
 from .stanza import CURRENT, LEGACY, Dialect
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,12 @@ class HttpUploadServer(BasePlugin):
                 return self._refuse(iq, "policy", "auth", "forbidden", verdict)
             slot = await self.backend.create_slot(request)
             element = dialect.slot_element(slot)
-        except (Exception, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError) as error:
             if being_cancelled():  # our own task is stopping: let it
                 raise
-            log.exception("Could not make a slot for %s (%s)", request.requester, type(self.backend).__name__)
+            backend = type(self.backend).__name__
+            known = isinstance(error, SlotsUnavailable)  # its reason is the whole story: no traceback
+            log.error("Could not make a slot for %s (%s): %s", request.requester, backend, error, exc_info=not known)
             return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
         self.metrics.slot_created(time.perf_counter() - started)
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .baseurl import BaseUrl, parse_base_url
+from .credentials import AwsChainCredentials, CredentialsProvider, StaticCredentials, aws_chain_available
 from .options import REQUIRED, Check, ConfigError, Option, boolean, parse_table, text
 from .sigv4 import Credentials, Presigner, canonical_headers, uri_encode
 from .slot import Slot, SlotRequest, object_name
@@ -76,28 +77,37 @@ S3_OPTIONS = (
     Option("secret_access_key", None, text, secret=True),
     Option("session_token", None, text, secret=True),
 )
-"""``[http_upload.s3]``. Left out, region and credentials come from the standard AWS
-environment variables (``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``)."""
+"""``[http_upload.s3]``. Left out, the region comes from ``AWS_REGION``/``AWS_DEFAULT_REGION``,
+and each key from its own variable (see :func:`credentials_provider`)."""
 
 
-def _credentials(values: Mapping[str, Any], path: str) -> Credentials:
-    key_id, secret = values["access_key_id"], values["secret_access_key"]
-    if key_id is None and secret is None:
-        key_id = _from_environment(f"{path}.access_key_id", ("AWS_ACCESS_KEY_ID",), _key_id)
-        secret = _from_environment(f"{path}.secret_access_key", ("AWS_SECRET_ACCESS_KEY",))
-        token = values["session_token"] or _from_environment(f"{path}.session_token", ("AWS_SESSION_TOKEN",))
-        if not key_id or not secret:
-            raise ConfigError(
-                f"{path}.access_key_id",
-                "is required (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
-            )
-        return Credentials(key_id, secret, token)
-    if key_id is None:
-        raise ConfigError(f"{path}.access_key_id", "is required when secret_access_key is set")
+def credentials_provider(values: Mapping[str, Any], path: str) -> CredentialsProvider:
+    """Static keys when the file or the environment gives some: each of ``access_key_id`` and
+    ``secret_access_key`` from the file, else from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``;
+    ``session_token`` from the file, else ``AWS_SESSION_TOKEN`` when the secret came from the
+    environment too (a token belongs to its secret). With no key anywhere, the standard AWS
+    chain (the ``aws`` extra)."""
+    key_id = values["access_key_id"] or _from_environment(f"{path}.access_key_id", ("AWS_ACCESS_KEY_ID",), _key_id)
+    secret = values["secret_access_key"]
+    token = values["session_token"]
     if secret is None:
-        raise ConfigError(f"{path}.secret_access_key", "is required when access_key_id is set")
-    return Credentials(key_id, secret, values["session_token"])
+        secret = _from_environment(f"{path}.secret_access_key", ("AWS_SECRET_ACCESS_KEY",))
+        token = token or _from_environment(f"{path}.session_token", ("AWS_SESSION_TOKEN",))
+    if key_id and secret:
+        return StaticCredentials(Credentials(key_id, secret, token))
+    if key_id:
+        raise ConfigError(f"{path}.secret_access_key", "is required when access_key_id is set (or set AWS_SECRET_ACCESS_KEY)")
+    if secret:
+        raise ConfigError(f"{path}.access_key_id", "is required when secret_access_key is set (or set AWS_ACCESS_KEY_ID)")
+    if values["session_token"]:
+        raise ConfigError(f"{path}.session_token", "needs access_key_id and secret_access_key")
+    if not aws_chain_available():
+        raise ConfigError(
+            f"{path}.access_key_id",
+            "is required (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or install the aws extra for the standard AWS credential chain)",
+        )
+    return AwsChainCredentials()
 
 
 class S3Backend:
@@ -107,14 +117,18 @@ class S3Backend:
         self,
         bucket: BaseUrl,
         region: str,
-        credentials: Credentials,
+        credentials: Credentials | CredentialsProvider,
         *,
         add_acl: bool = False,
         expiration_time: int = 60,
         token_bytes: int = 32,
     ) -> None:
         self.bucket = bucket
-        self.presigner = Presigner(credentials, region)
+        self.region = region
+        if isinstance(credentials, Credentials):
+            credentials = StaticCredentials(credentials)
+        self.credentials = credentials
+        self.presigner: Presigner | None = None
         self.expiration_time = expiration_time
         self.token_bytes = token_bytes
         self.put_params = ACL_PARAMS if add_acl else ()
@@ -126,17 +140,32 @@ class S3Backend:
         return cls(
             values["bucket_url"],
             _region_or_env(values, path),
-            _credentials(values, path),
+            credentials_provider(values, path),
             add_acl=values["add_acl"],
             expiration_time=settings.expiration_time,
             token_bytes=settings.token_bytes,
         )
 
     async def create_slot(self, request: SlotRequest) -> Slot:
+        self.sign_with(await self.credentials.current())
         return self.make_slot(request)
 
+    def sign_with(self, credentials: Credentials) -> None:
+        """Sign with ``credentials`` from now on: a new :class:`Presigner` only when they changed
+        (a provider returns the same object while they do not)."""
+        if self.presigner is None or self.presigner.credentials is not credentials:
+            self.presigner = Presigner(credentials, self.region)
+
+    @property
+    def signer(self) -> Presigner:
+        """The presigner of the current credentials, fetched first (blocking) if there are none yet."""
+        if self.presigner is None:
+            self.sign_with(self.credentials.resolve())
+        return self.presigner  # type: ignore[return-value]
+
     def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
-        """A new object key under a fresh random token; its presigned PUT and plain GET URLs."""
+        """A new object key under a fresh random token; its presigned PUT and plain GET URLs,
+        signed with the credentials last taken (:meth:`create_slot` takes the current ones)."""
         name = uri_encode(object_name(request.filename))
         key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{name}"
         object_url = self.bucket.origin + key_path
@@ -145,7 +174,7 @@ class S3Backend:
     def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
         """The presigned query string of the PUT of ``request`` to the encoded ``key_path``."""
         header_block, signed_headers = self.signed_put_headers(request)
-        return self.presigner.presign(
+        return self.signer.presign(
             "PUT", key_path, header_block, signed_headers, self.expiration_time, now=now, extra_params=self.put_params
         )
 
@@ -163,5 +192,5 @@ class S3Backend:
     def presigned_url(self, method: str, key_path: str, headers: Mapping[str, str]) -> str:
         """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` signed."""
         header_block, signed_headers = canonical_headers(headers)
-        query = self.presigner.presign(method, key_path, header_block, signed_headers, self.expiration_time)
+        query = self.signer.presign(method, key_path, header_block, signed_headers, self.expiration_time)
         return f"{self.bucket.origin}{key_path}?{query}"

@@ -34,6 +34,12 @@ class FileTooLarge(ValueError):
         self.max_file_size = max_file_size
 
 
+class SlotsUnavailable(Exception):
+    """A backend cannot make slots now for a reason it knows (no credentials, say): ``str()``
+    is that reason in one line, logged without a traceback; the requester gets
+    ``wait/internal-server-error``."""
+
+
 @dataclass(frozen=True, slots=True)
 class SlotRequest:
     """A valid request for an upload slot.

@@ -4,15 +4,18 @@ strategies and XMPP clients.  Plain code, no fixtures (those are in ``conftest.p
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import json
 import logging
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Self
 
@@ -73,11 +76,10 @@ def write_s3_config(
 ) -> str:
     """Write ``config.toml`` in ``directory`` for the CLI: domain ``localhost``, the options
     ``http_upload`` and the S3 table of ``seaweedfs``, where ``s3`` overrides or adds options
-    (``bucket_url=...``, ``add_acl=True``); return its path."""
-    document = {
-        "component": {"domains": [DOMAIN]},
-        "http_upload": {**(http_upload or {}), "s3": {**seaweedfs_s3(seaweedfs), **s3}},
-    }
+    (``bucket_url=...``, ``add_acl=True``) or leaves them out (``secret_access_key=None``);
+    return its path."""
+    table = {key: value for key, value in {**seaweedfs_s3(seaweedfs), **s3}.items() if value is not None}
+    document = {"component": {"domains": [DOMAIN]}, "http_upload": {**(http_upload or {}), "s3": table}}
     return str(write_toml(directory / "config.toml", document))
 
 
@@ -271,6 +273,88 @@ async def upload_and_fetch(xmpp: ClientXMPP, path: Path) -> str:
     status, body = await asyncio.to_thread(anonymous_request, "GET", url)
     assert (status, body) == (200, path.read_bytes())
     return url
+
+
+# --------------------------------------------------------------- AWS credentials
+
+
+AWS_CHAIN_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+)
+
+
+def empty_aws_chain(directory: Path) -> dict[str, str | None]:
+    """Environment changes (None: unset) that leave the standard AWS credential chain nothing to
+    find: no keys, profile, container or web identity, shared files that do not exist, no
+    instance metadata."""
+    return {
+        **dict.fromkeys(AWS_CHAIN_VARIABLES),
+        "AWS_CONFIG_FILE": str(directory / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(directory / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+class CredentialsEndpoint:
+    """A container-credentials endpoint (what ECS serves at ``AWS_CONTAINER_CREDENTIALS_FULL_URI``)
+    on loopback: each GET with the right ``Authorization`` answers the next of ``answers`` (the
+    last one again when they run out): a ``(key id, secret, token, seconds to expiry)`` tuple, or
+    an HTTP status for a failure. ``fetches`` counts the GETs; ``environment`` points botocore here."""
+
+    TOKEN = "container-authorization-token"
+
+    def __init__(self, *answers: tuple[str, str, str, float] | int) -> None:
+        self.answers = list(answers)
+        self.fetches = 0
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                endpoint.fetches += 1
+                answer = endpoint.answers.pop(0) if len(endpoint.answers) > 1 else endpoint.answers[0]
+                if self.headers.get("Authorization") != CredentialsEndpoint.TOKEN:
+                    answer = 401
+                if isinstance(answer, int):
+                    self.send_response(answer)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                key_id, secret, token, expires_in = answer
+                expiration = datetime.now(timezone.utc) + timedelta(seconds=expires_in)
+                body = json.dumps({
+                    "AccessKeyId": key_id, "SecretAccessKey": secret, "Token": token,
+                    "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return {
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"http://127.0.0.1:{self.server.server_port}/credentials",
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.TOKEN,
+        }
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
 
 
 # --------------------------------------------------------------- asyncio errors

@@ -285,7 +285,9 @@ class SeaweedFS(_Server):
 
     Attributes after ``start()``: ``endpoint`` (``http://127.0.0.1:PORT``),
     ``bucket``, ``bucket_url`` (path style), ``region``, ``access_key``,
-    ``secret_key``, ``s3_port``, ``tmpdir``.
+    ``secret_key``, ``s3_port``, ``tmpdir``; ``spare_keys`` are two more
+    (access key, secret key) pairs with the same rights, for credentials that
+    change while a test runs.
     """
 
     # ``weed mini`` starts a worker that dials the admin gRPC port at
@@ -311,6 +313,7 @@ class SeaweedFS(_Server):
         self.stop_timeout = stop_timeout
         self.access_key = "AK" + secrets.token_hex(9).upper()
         self.secret_key = secrets.token_urlsafe(30)
+        self.spare_keys = [("AK" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)) for _ in range(2)]
         self.s3_port = 0
         self.endpoint = ""
         self.tmpdir: Path | None = None
@@ -350,7 +353,10 @@ class SeaweedFS(_Server):
             "identities": [
                 {
                     "name": "tests",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "credentials": [
+                        {"accessKey": key, "secretKey": secret}
+                        for key, secret in [(self.access_key, self.secret_key), *self.spare_keys]
+                    ],
                     "actions": ["Admin", "Read", "List", "Write"],
                 },
                 {"name": "anonymous", "actions": [f"Read:{b}" for b in self.public_buckets]},

@@ -180,14 +180,15 @@ CASES = {
     # backend
     "backend-unknown": ({"http_upload.backend": '"gcs"', "http_upload.s3": DELETE},
                         "http_upload.backend: unknown backend 'gcs' (known: "),
-    # credentials: half given, or absent from both the file and the environment
+    # credentials: half given (none at all is the AWS chain: see test_credentials.py)
     "key-id-without-secret": ({"http_upload.s3.secret_access_key": DELETE},
                               "http_upload.s3.secret_access_key: is required when access_key_id is set"),
     "secret-without-key-id": ({"http_upload.s3.access_key_id": DELETE},
                               "http_upload.s3.access_key_id: is required when secret_access_key is set"),
-    "no-credentials": (
-        {"http_upload.s3.access_key_id": DELETE, "http_upload.s3.secret_access_key": DELETE},
-        "http_upload.s3.access_key_id: is required (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    "token-without-keys": (
+        {"http_upload.s3.access_key_id": DELETE, "http_upload.s3.secret_access_key": DELETE,
+         "http_upload.s3.session_token": '"TOP-SECRET-TOKEN"'},
+        "http_upload.s3.session_token: needs access_key_id and secret_access_key",
     ),
     "no-region": ({"http_upload.s3.region": DELETE}, "http_upload.s3.region: is required (or set AWS_REGION)"),
     "region-with-slash": ({"http_upload.s3.region": '"eu/west"'},

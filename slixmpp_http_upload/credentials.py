@@ -1,0 +1,99 @@
+"""Where the S3 backend's keys come from, kept fresh while ``serve`` runs.
+
+- :class:`StaticCredentials`: an access key from the configuration file or the environment;
+- :class:`AwsChainCredentials`: when neither gives one, the standard AWS chain (environment,
+  shared config and credentials files with their profile, container and instance roles, web
+  identity) through botocore's credential resolver — the ``aws`` extra. Temporary credentials
+  are refreshed before they expire. botocore only supplies the keys: signing stays ours
+  (:mod:`~slixmpp_http_upload.sigv4`).
+
+A provider that cannot give keys raises :class:`CredentialsUnavailable`: the plugin refuses the
+slot with ``wait/internal-server-error`` and logs the one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from .sigv4 import Credentials
+from .slot import SlotsUnavailable
+
+
+class CredentialsUnavailable(SlotsUnavailable):
+    """No credentials now; ``str()`` says why in one line, without any secret."""
+
+
+class CredentialsProvider(Protocol):
+    async def current(self) -> Credentials:
+        """The keys to sign with now (the same object while they do not change)."""
+
+    def resolve(self) -> Credentials:
+        """The same, blocking the caller while it fetches (for the one-shot commands)."""
+
+
+class StaticCredentials:
+    """Keys that never change."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+
+    async def current(self) -> Credentials:
+        return self.credentials
+
+    def resolve(self) -> Credentials:
+        return self.credentials
+
+
+def aws_chain_available() -> bool:
+    """Whether botocore (the ``aws`` extra) is installed."""
+    try:
+        import botocore.session  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class AwsChainCredentials:
+    """The standard AWS credential chain, found on first use and refreshed by botocore ahead of
+    expiry (15 minutes before; within the last 10 a failed refresh is a failure). Fetching runs
+    in a thread so that the stream goes on meanwhile; in between, taking the keys costs a
+    comparison of times."""
+
+    def __init__(self) -> None:
+        self._source: Any = None  # botocore's Credentials or RefreshableCredentials
+        self._current: Credentials | None = None
+        self._lock = asyncio.Lock()
+
+    async def current(self) -> Credentials:
+        if self._current is not None and not self._refresh_needed():
+            return self._current
+        async with self._lock:
+            if self._current is not None and not self._refresh_needed():
+                return self._current
+            return await asyncio.to_thread(self.resolve)
+
+    def _refresh_needed(self) -> bool:
+        refresh_needed = getattr(self._source, "refresh_needed", None)  # temporary credentials only
+        return bool(refresh_needed and refresh_needed())
+
+    def resolve(self) -> Credentials:
+        import botocore.session
+
+        try:
+            if self._source is None:
+                self._source = botocore.session.Session().get_credentials()
+                if self._source is None:
+                    raise CredentialsUnavailable(
+                        "no AWS credentials: none in the configuration file, the environment, the shared "
+                        "files, or from a container, instance or web-identity role"
+                    )
+            frozen = self._source.get_frozen_credentials()
+        except CredentialsUnavailable:
+            raise
+        except Exception as error:  # botocore's retrieval, parsing and connection errors
+            raise CredentialsUnavailable(f"the AWS credential chain failed: {error}") from None
+        fresh = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+        if fresh != self._current:
+            self._current = fresh
+        return self._current  # type: ignore[return-value]
