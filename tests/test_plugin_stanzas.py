@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import tempfile
 from datetime import datetime, timedelta, timezone
 import logging
 import time
 import unittest
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from unittest.mock import patch
 from urllib.parse import parse_qs, quote, urlsplit
 from xml.etree import ElementTree as ET
 
@@ -33,7 +37,7 @@ from slixmpp.test import SlixTest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from helpers import AsyncioErrors, key_on_another_queue
+from helpers import AsyncioErrors, CredentialsEndpoint, empty_aws_chain, key_on_another_queue
 import slixmpp_http_upload
 from slixmpp_http_upload import ConfigError, HttpUploadServer, Slot, SlotRequest, TryLater
 from slixmpp_http_upload.dispatch import EAGER_TASKS
@@ -1113,6 +1117,23 @@ class TestS3Backend(UploadTest):
         self.expect(error_xml("1", "modify", "not-acceptable", TOO_LARGE.replace("'", "&apos;"), too_large_xml(NS, 10)))
         self.recv(request_xml("2", sender=REMOTE))
         self.expect(error_xml("2", "auth", "forbidden", NOT_YOURS, to=REMOTE))
+
+    def test_credentials_failure_is_one_log_line_and_a_wait_error(self) -> None:
+        # No key configured: the AWS chain, here a container-credentials endpoint that fails.
+        with tempfile.TemporaryDirectory() as empty, CredentialsEndpoint(500) as endpoint:
+            changes = {**empty_aws_chain(Path(empty)), **endpoint.environment}
+            with patch.dict(os.environ, {key: value for key, value in changes.items() if value is not None}):
+                for key in (key for key, value in changes.items() if value is None):
+                    os.environ.pop(key, None)  # patch.dict puts back everything
+                self.start(backend_instance=None, s3={"bucket_url": "https://s3.example.com/b", "region": "eu-west-1"})
+                with self.assertLogs("slixmpp_http_upload.plugin", logging.ERROR) as logs:
+                    self.recv(request_xml("1"))
+                    self.settle(1, timeout=30)
+                    self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
+        [record] = logs.records
+        self.assertFalse(record.exc_info)  # no traceback: the reason says it all
+        self.assertNotIn("Traceback", logs.output[0])
+        self.assertIn(f"Could not make a slot for {ALICE} (S3Backend): the AWS credential chain failed", record.getMessage())
 
     def test_debug_log_names_slots_and_refusals_but_no_credential(self) -> None:
         self.start(backend_instance=None, s3=S3_CONFIG, max_file_size=10)
