@@ -39,6 +39,7 @@ from .domains import normalise_domain, same_jid
 from .guard import StreamGuard
 from .metrics import SlotMetrics
 from .options import ConfigError
+from .pending import PendingRequests
 from .slot import BadRequest, FileTooLarge, SlotRequest, SlotsUnavailable, make_request
 from .stanza import CURRENT, LEGACY, Dialect
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN_ONLY_OPTIONS = ("settings", "domain", "backend_instance", "policy")
 HANDLER_NAME = "XEP-0363 slot request"
+SHUTTING_DOWN = "The upload service is shutting down; try again later."
 
 
 class RequestMatcher(MatcherBase):
@@ -84,6 +86,7 @@ class HttpUploadServer(BasePlugin):
         service_jid = self.xmpp.boundjid.bare
         self.rules = AccessRules(self._served_domain(service_jid), self.settings.allow, self.settings.deny)
         self.dispatcher = make_dispatcher(self.settings.iqdisc, self.settings.queue_size)
+        self.pending = PendingRequests()
         self.metrics = SlotMetrics(service_jid)
         dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
@@ -108,6 +111,15 @@ class HttpUploadServer(BasePlugin):
         """The stream is gone, and with it every pending reply: drop the queued and running
         requests (the dispatcher starts again on the next session's first request)."""
         self.dispatcher.close()
+        self.pending.forget()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking slot requests (``wait/service-unavailable``), answer the pending ones for
+        up to ``timeout`` seconds, then refuse the rest the same way; ``serve`` calls this on
+        SIGINT or SIGTERM, before it closes the stream."""
+        for iq in await self.pending.drain(timeout):
+            self._refuse(iq, "shutdown", "wait", "service-unavailable", SHUTTING_DOWN)
+        self.dispatcher.close()  # nothing it still holds may answer after the refusal
 
     def _settings(self) -> UploadSettings:
         options = {key: value for key, value in self.config.items() if key not in PLUGIN_ONLY_OPTIONS}
@@ -199,9 +211,11 @@ class HttpUploadServer(BasePlugin):
                 str(error),
                 dialect.file_too_large_element(error.max_file_size),
             )
+        if self.pending.closing:
+            return self._refuse(iq, "shutdown", "wait", "service-unavailable", SHUTTING_DOWN)
         job = functools.partial(self._answer, iq, dialect, request)
         on_failure = functools.partial(self._refuse, iq, "internal", "wait", "internal-server-error")
-        if not self.dispatcher.submit(requester.bare, job, on_failure):
+        if not self.pending.submit(self.dispatcher, requester.bare, iq, job, on_failure):
             self._refuse(iq, "queue-full", "wait", "resource-constraint", "Too many slot requests; try again later.")
 
     async def _answer(self, iq: Iq, dialect: Dialect, request: SlotRequest) -> None:

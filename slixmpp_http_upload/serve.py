@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
+DRAIN_TIMEOUT = 5.0
+"""On SIGINT or SIGTERM, pending slot requests get this long to be answered before the rest
+are refused (``wait/service-unavailable``) and the streams close."""
 HANDSHAKE_TIMEOUT = 30.0
 """A server that takes the connection but never completes the handshake is left after this."""
 FATAL_STREAM_ERRORS = {
@@ -119,6 +122,7 @@ async def _serve(config: Config) -> int:
         finally:
             for task in (stopper, *tasks):
                 task.cancel()
+            await asyncio.gather(*(link.drain(DRAIN_TIMEOUT) for link in links))
             await asyncio.gather(*(link.close() for link in links))
     return _exit_status(tasks)
 
@@ -206,6 +210,10 @@ class Link:
             return await self._ended
         finally:
             timer.cancel()
+
+    async def drain(self, timeout: float) -> None:
+        """Answer or refuse every pending slot request (see the plugin's ``drain``)."""
+        await self.xmpp.plugin["http_upload_server"].drain(timeout)  # type: ignore[typeddict-item]
 
     async def close(self) -> None:
         """Stop connecting and close the stream (abort after 1 s without the server's answer)."""

@@ -83,13 +83,17 @@ def xmpp_down() -> Iterator[int]:
 
 
 class ServeProcess:
-    """``python -m slixmpp_http_upload serve -c CONFIG`` in its own process group; its stdout
-    and stderr go to files beside the config (``stdout``/``stderr`` read them)."""
+    """``python -m slixmpp_http_upload serve -c CONFIG`` in its own process group, without our
+    or AWS's variables from the environment (but those in ``env``); its stdout and stderr go to
+    files beside the config (``stdout``/``stderr`` read them)."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self._out, self._err = config.with_suffix(".out"), config.with_suffix(".err")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLIXMPP_HTTP_UPLOAD_"))}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLIXMPP_HTTP_UPLOAD_"))},
+            **(env or {}),
+        }
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config)],
@@ -122,15 +126,15 @@ class ServeProcess:
 
 
 @pytest.fixture(scope="module")
-def start_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Mapping[str, Any]], ServeProcess]]:
-    """``start_serve(document)`` writes the config and starts ``serve``; every process started
-    is stopped (SIGTERM, then SIGKILL) at the end of the module, whatever happened."""
+def start_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServeProcess]]:
+    """``start_serve(document, env=None)`` writes the config and starts ``serve``; every process
+    started is stopped (SIGTERM, then SIGKILL) at the end of the module, whatever happened."""
     processes: list[ServeProcess] = []
     directory = tmp_path_factory.mktemp("serve")
 
-    def start(document: Mapping[str, Any]) -> ServeProcess:
+    def start(document: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ServeProcess:
         config = write_toml(directory / f"serve-{len(processes)}.toml", document)
-        processes.append(ServeProcess(config))
+        processes.append(ServeProcess(config, env))
         return processes[-1]
 
     yield start

@@ -302,18 +302,21 @@ class CredentialsEndpoint:
     """A container-credentials endpoint (what ECS serves at ``AWS_CONTAINER_CREDENTIALS_FULL_URI``)
     on loopback: each GET with the right ``Authorization`` answers the next of ``answers`` (the
     last one again when they run out): a ``(key id, secret, token, seconds to expiry)`` tuple, or
-    an HTTP status for a failure. ``fetches`` counts the GETs; ``environment`` points botocore here."""
+    an HTTP status for a failure, each after ``delay`` seconds. ``fetches`` counts the GETs;
+    ``environment`` points botocore here."""
 
     TOKEN = "container-authorization-token"
 
-    def __init__(self, *answers: tuple[str, str, str, float] | int) -> None:
+    def __init__(self, *answers: tuple[str, str, str, float] | int, delay: float = 0) -> None:
         self.answers = list(answers)
+        self.delay = delay
         self.fetches = 0
         endpoint = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
                 endpoint.fetches += 1
+                time.sleep(endpoint.delay)
                 answer = endpoint.answers.pop(0) if len(endpoint.answers) > 1 else endpoint.answers[0]
                 if self.headers.get("Authorization") != CredentialsEndpoint.TOKEN:
                     answer = 401

@@ -65,6 +65,7 @@ LINE_BREAK = "The content-type contains a line break."
 NOT_YOURS = "This service is not for your domain."
 NOT_GET = "Slot requests are IQ get."
 QUEUE_FULL = "Too many slot requests; try again later."
+SHUTTING_DOWN = "The upload service is shutting down; try again later."
 NO_SLOT = "Could not make a slot now."
 
 
@@ -1011,7 +1012,57 @@ class TestIqDisc(UploadTest):
         self.expect(slot_xml("3", "three"))
 
 
-# ------------------------------------------------------------------------------- metrics
+# ------------------------------------------------------------------------------ shutdown
+
+ALL_IQDISCS = ("no_queue", "parallel", "one_queue", {"type": "queues", "workers": 2})
+
+
+class TestShutdown(UploadTest):
+    """``drain``, what ``serve`` runs on SIGTERM: nothing queued or running goes unanswered."""
+
+    def drain(self, timeout: float) -> None:
+        self.loop.run_until_complete(self.plugin.drain(timeout))
+
+    def blocked_with_each_iqdisc(self) -> Iterator[BlockedBackend]:
+        """For each iqdisc in a subtest of its own: a fresh plugin with a blocked backend."""
+        for iqdisc in ALL_IQDISCS:
+            with self.subTest(iqdisc=iqdisc):
+                backend = BlockedBackend()
+                self.start(iqdisc=iqdisc, backend_instance=backend)
+                yield backend
+                self.tearDown()
+                self.setUp()
+
+    def test_pending_requests_answered_within_the_grace_period(self) -> None:
+        for backend in self.blocked_with_each_iqdisc():
+            self.recv(request_xml("1", "one"))
+            self.recv(request_xml("2", "two", sender=BOB))
+            self.loop.call_later(0.05, backend.release.set)
+            self.drain(timeout=10)
+            replies = dict(sorted((reply.get("id"), reply.get("type")) for reply in (self.next_sent(), self.next_sent())))
+            self.assertEqual(replies, {"1": "result", "2": "result"})
+            self.recv(request_xml("3", "three"))  # after the drain: refused, not queued
+            self.expect(error_xml("3", "wait", "service-unavailable", SHUTTING_DOWN))
+
+    def test_the_rest_refused_after_the_grace_period(self) -> None:
+        for backend in self.blocked_with_each_iqdisc():
+            self.recv(request_xml("1", "running"))
+            self.recv(request_xml("2", "queued"))
+            self.drain(timeout=0.1)
+            self.expect(error_xml("1", "wait", "service-unavailable", SHUTTING_DOWN))
+            self.expect(error_xml("2", "wait", "service-unavailable", SHUTTING_DOWN))
+            backend.release.set()
+            self.expect(None)  # nothing more, even once the backend would answer
+            self.assertEqual(self.plugin.metrics.refusals, {"shutdown": 2})
+
+    def test_nothing_pending_drains_at_once(self) -> None:
+        self.start()
+        self.recv(request_xml("1"))
+        self.expect(slot_xml("1", "a.txt"))
+        self.drain(timeout=3600)  # would hang the test if it waited for nothing
+        self.expect(None)
+
+
 
 
 class TestMetrics(UploadTest):

@@ -23,10 +23,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError
 
-from helpers import OFFLINE_S3, UPLOAD_JID, serve_config
+from helpers import OFFLINE_S3, UPLOAD_JID, CredentialsEndpoint, empty_aws_chain, serve_config
 from servers import Prosody, free_ports
 from slixmpp_http_upload import cli
-from slixmpp_http_upload.serve import Link
+from slixmpp_http_upload.serve import DRAIN_TIMEOUT, Link
 
 MAX_FILE_SIZE = 1000
 S3 = OFFLINE_S3
@@ -96,6 +96,33 @@ async def test_signal_stops_serve_cleanly(
     assert "stopped" in process.stderr
     with pytest.raises(IqError):  # the server no longer has the component
         await xmpp.plugin["xep_0030"].get_info(UPLOAD_JID, timeout=5)
+
+
+async def test_sigterm_refuses_what_is_still_pending_after_the_grace_period(
+    prosody: Prosody, start_serve: Any, xmpp_clients: Any, tmp_path: Path
+) -> None:
+    # No key configured: credentials come from a container endpoint that takes longer than
+    # the grace period, so the request is still pending when it ends.
+    s3 = {key: value for key, value in S3.items() if key not in ("access_key_id", "secret_access_key")}
+    with CredentialsEndpoint(("AK", "SK", "", 3600), delay=DRAIN_TIMEOUT + 10) as endpoint:
+        environment = {k: v for k, v in empty_aws_chain(tmp_path).items() if v is not None}
+        process = start_serve(
+            serve_config(prosody, s3, max_file_size=MAX_FILE_SIZE), {**environment, **endpoint.environment}
+        )
+        xmpp = await xmpp_clients.connect(prosody)
+        await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID)
+        upload = xmpp.plugin["xep_0363"]
+        pending = asyncio.ensure_future(upload.request_slot(UPLOAD_JID, "a.txt", 10, "text/plain", timeout=60))
+        while endpoint.fetches == 0:  # the slot request is waiting for credentials
+            assert not pending.done()
+            await asyncio.sleep(0.05)
+        process.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(IqError) as refusal:
+            await pending
+        error = refusal.value.iq["error"]
+        assert (error["type"], error["condition"]) == ("wait", "service-unavailable")
+        assert await asyncio.to_thread(process.wait, 60) == 0
+    assert "Traceback" not in process.stderr
 
 
 async def test_metrics_endpoint_counts_slots_and_refusals(
