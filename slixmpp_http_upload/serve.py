@@ -54,7 +54,8 @@ class ComponentRefused(Exception):
 
 
 def serve(config: Config, verbose: bool = False) -> int:
-    """Run the components of ``config`` until SIGINT or SIGTERM (exit status 0), or until the
+    """Run the components of ``config`` until SIGINT or SIGTERM (exit status 0, once every
+    pending slot request is answered or refused: :data:`DRAIN_TIMEOUT`), or until the
     server refuses one of them (1). Raises :class:`ConfigError` before connecting anything.
     ``verbose`` logs each slot and each refusal too."""
     if config.component.secret is None:
