@@ -279,6 +279,16 @@ def test_infinity_max_file_size_is_accepted(tmp_path):
     assert "PutURL: " in out
 
 
+@pytest.mark.parametrize(
+    "configured, asked", [("münchen.example", "xn--mnchen-3ya.example"), ("xn--mnchen-3ya.example", "MÜNCHEN.example")]
+)
+def test_idn_domain_in_either_form(tmp_path, configured, asked):
+    config = write(tmp_path, render({"component.domains": f'["{configured}"]'}))
+    status, out, err = run_cli("urls", "-c", str(config), asked, "a.txt", "1", "", "60")
+    assert (status, err) == (0, "")
+    assert out.startswith("PutURL: https://s3.eu-west-1.amazonaws.com/bucket/")
+
+
 def test_invalid_toml(tmp_path):
     config = write(tmp_path, "[http_upload\nexpiration_time = 60\n")
     assert_config_error(*run_cli(*urls(config)), "not valid TOML")
