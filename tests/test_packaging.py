@@ -58,7 +58,9 @@ def test_help_and_version_without_metadata(vendored: list[str], tmp_path: Path) 
     assert usage.returncode == 0 and usage.stdout.startswith(f"usage: {DIST}"), usage.stderr
 
 
-def test_the_s3_backend_is_found_without_metadata(vendored: list[str], tmp_path: Path) -> None:
+def test_the_built_in_backends_are_found_without_metadata(vendored: list[str], tmp_path: Path) -> None:
+    known = run(vendored, "from slixmpp_http_upload.backends import known_backends; print(known_backends())", tmp_path)
+    assert known.stdout == "['local', 's3']\n", known.stderr
     config = tmp_path / "config.toml"
     config.write_text(
         '[component]\ndomains = ["example.org"]\n[http_upload.s3]\n'

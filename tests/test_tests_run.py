@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from servers import find_ejabberd, find_prosody
+from browser import find_chromium
+from servers import find_ejabberd, find_nginx, find_prosody
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -34,8 +35,8 @@ SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 def checkout() -> Iterator[Path]:
     """A copy of the script and packaging files, readable by everyone; ``bin`` holds the
     system's commands without ``sudo``."""
-    if find_prosody() is None or find_ejabberd() is None:
-        pytest.skip("Prosody and ejabberd must be installed: this is the case without installing")
+    if None in (find_prosody(), find_ejabberd(), find_nginx(), find_chromium()):
+        pytest.skip("Prosody, ejabberd, nginx and Chromium must be installed: this is the case without installing")
     root = Path(tempfile.mkdtemp(prefix="tests-run-"))
     try:
         (root / "tests").mkdir()
