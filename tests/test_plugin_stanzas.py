@@ -583,6 +583,7 @@ class TestErrors(UploadTest):
             self.recv(f'<iq type="get" id="u{n}" from="{ALICE}" to="{other}"><query xmlns="urn:example:none"/></iq>')
             unknown = self.next_sent()
             self.assertEqual((refusal.get("type"), refusal.get("from")), ("error", other))
+            self.assertIsNotNone(refusal.find(f"{{jabber:client}}error/{{{STANZAS}}}feature-not-implemented"))
             self.assertEqual(
                 ET.tostring(refusal.find("{jabber:client}error")), ET.tostring(unknown.find("{jabber:client}error"))
             )
