@@ -32,7 +32,13 @@ ENTRY_POINT_GROUP = "slixmpp_http_upload.backends"
 
 class Backend(Protocol):
     """Makes upload slots. Raise any exception to refuse: the requester gets
-    ``wait/internal-server-error`` and the exception is logged."""
+    ``wait/internal-server-error`` and the exception is logged.
+
+    A backend may also have ``async def delete(self, keys: Sequence[str]) -> Iterable[str]``:
+    delete the objects named by ``keys`` (each a :attr:`Slot.key <slixmpp_http_upload.slot.Slot.key>`
+    it made, or the GET URL when it set none) and return those that are gone, absent ones
+    included. Expiry (``expire_after``, ``ephemeral``) and ``purge`` need it; without it ``serve``
+    refuses to start when files expire and ``purge`` says it cannot delete."""
 
     async def create_slot(self, request: SlotRequest) -> Slot: ...
 

@@ -1,4 +1,5 @@
-"""The ``slixmpp-http-upload`` command: ``urls``, ``check`` and ``serve``.
+"""The ``slixmpp-http-upload`` command: ``urls``, ``check``, ``serve``, and the ledger's
+``sweep``, ``purge`` and ``usage``.
 
 Exit status: 0 success, 1 refused or failed, 2 bad usage or configuration.
 """
@@ -7,15 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+
+from slixmpp import JID
+from slixmpp.jid import InvalidJID
 
 from . import __version__
+from .accounting import open_ledger
 from .backends import create_backend
-from .config import Config, config_path, load_config
+from .config import Config, UploadSettings, config_path, load_config
+from .ledger import Ledger, SlotRecord
 from .local import LocalBackend
 from .options import ConfigError, domain_name
+from .retention import CannotDelete, delete_records, deleter, sweep
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
 from .slot import BadRequest, FileTooLarge, SlotsUnavailable, make_request
@@ -79,6 +88,84 @@ def command_serve(args: argparse.Namespace, config: Config) -> int:
     return serve(config, verbose=args.verbose)
 
 
+def command_sweep(args: argparse.Namespace, config: Config) -> int:
+    """Delete every expired file once (for cron)."""
+    settings = config.http_upload
+    backend = create_backend(settings)
+    _refuse_if_cannot_delete(backend)
+    with _ledger(settings) as ledger:
+        removed, waiting = asyncio.run(sweep(ledger, backend, settings.expiration_time, time.time()))
+    _print_deleted(removed)
+    print(f"{len(removed)} expired files deleted ({sum(r.size for r in removed)} bytes), {waiting} left for later")
+    return 0
+
+
+def command_purge(args: argparse.Namespace, config: Config) -> int:
+    """Delete every file of a user (JID) or of a domain (@domain)."""
+    who = _who(args.who, domains=True)
+    settings = config.http_upload
+    backend = create_backend(settings)
+    _refuse_if_cannot_delete(backend)
+    with _ledger(settings) as ledger:
+        records = ledger.of(who)
+        removed = asyncio.run(delete_records(ledger, backend, records))
+    _print_deleted(removed)
+    print(f"{len(removed)} files of {who} deleted ({sum(r.size for r in removed)} bytes)")
+    if len(removed) < len(records):
+        raise Refused(f"{len(records) - len(removed)} files of {who} could not be deleted; they stay in the ledger")
+    return 0
+
+
+def command_usage(args: argparse.Namespace, config: Config) -> int:
+    """Print a user's stored files and bytes per purpose."""
+    who = _who(args.who, domains=False)
+    with _ledger(config.http_upload) as ledger:
+        records = ledger.of(who)
+    now = time.time()
+    print(f"{who}: {len(records)} files, {sum(r.size for r in records)} bytes")
+    for purpose in sorted({record.purpose for record in records}):
+        mine = [record for record in records if record.purpose == purpose]
+        expired = sum(1 for record in mine if record.expires is not None and record.expires <= now)
+        line = f"  {purpose}: {len(mine)} files, {sum(r.size for r in mine)} bytes"
+        print(line + (f" ({expired} expired, not yet deleted)" if expired else ""))
+    return 0
+
+
+def _who(value: str, *, domains: bool) -> str:
+    """A bare JID (lower-cased as JIDs compare), or ``@domain`` when ``domains``."""
+    try:
+        if domains and value.startswith("@"):
+            return "@" + domain_name(value[1:])
+        jid = JID(value)
+    except (InvalidJID, ValueError):
+        jid = None
+    if jid is None or not jid.user or jid.resource:
+        wanted = "a bare JID (user@domain) or @domain" if domains else "a bare JID (user@domain)"
+        raise Refused(f"{value!r} is not {wanted}")
+    return jid.bare
+
+
+def _print_deleted(records: Sequence[SlotRecord]) -> None:
+    for record in records:
+        print(f"deleted {record.key} ({record.owner}, {record.size} bytes, {record.purpose})")
+
+
+@contextlib.contextmanager
+def _ledger(settings: UploadSettings) -> Iterator[Ledger]:
+    ledger = open_ledger(settings)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _refuse_if_cannot_delete(backend: object) -> None:
+    try:
+        deleter(backend)
+    except CannotDelete as error:
+        raise Refused(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="XEP-0363 HTTP File Upload service, with its own file store or S3."
@@ -108,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log each slot and each refusal")
     serve.set_defaults(run=command_serve)
+
+    sweep = commands.add_parser("sweep", parents=[config_option], help="delete every expired file once (for cron)")
+    sweep.set_defaults(run=command_sweep)
+
+    purge = commands.add_parser("purge", parents=[config_option], help="delete every file of a user or domain")
+    purge.add_argument("who", metavar="JID|@DOMAIN", help="a bare JID, or @domain for all its users")
+    purge.set_defaults(run=command_purge)
+
+    usage = commands.add_parser("usage", parents=[config_option], help="a user's stored files per purpose")
+    usage.add_argument("who", metavar="JID", help="a bare JID")
+    usage.set_defaults(run=command_usage)
     return parser
 
 

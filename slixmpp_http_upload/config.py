@@ -21,8 +21,11 @@ from slixmpp.jid import InvalidJID
 
 from .baseurl import parse_base_url
 from .domains import normalise_domain, service_jid_problem
+from .ledger import DEFAULT_LEDGER
+from .limits import DAY, RateLimit
 from .options import (
     REQUIRED,
+    Check,
     ConfigError,
     Option,
     boolean,
@@ -33,6 +36,7 @@ from .options import (
     parse_table,
     text,
 )
+from .purposes import DEFAULT_PURPOSE, PurposeRules, purpose_list, purpose_rules
 from .sigv4 import MAX_EXPIRES
 
 CONFIG_ENV = "SLIXMPP_HTTP_UPLOAD_CONFIG"
@@ -66,13 +70,25 @@ def _iqdisc(value: Any) -> IqDisc:
     return IqDisc(fields["type"], fields["workers"] or 1)
 
 
-def _max_file_size(value: Any) -> int | None:
-    if value == "infinity":
-        return None
-    try:
-        return integer(1)(value)
-    except ValueError:
-        raise ValueError('must be a positive integer (bytes) or "infinity"') from None
+def _at_most(unit: str) -> Check:
+    """A positive integer of ``unit``, or "infinity" (None: no limit)."""
+
+    def check(value: Any) -> int | None:
+        if value == "infinity":
+            return None
+        try:
+            return integer(1)(value)
+        except ValueError:
+            raise ValueError(f'must be a positive integer ({unit}) or "infinity"') from None
+
+    return check
+
+
+def _rate_limit(value: Any) -> RateLimit:
+    fields = parse_table(
+        _table(value), (Option("slots", REQUIRED, integer(1)), Option("seconds", REQUIRED, integer(1, DAY)))
+    )
+    return RateLimit(**fields)
 
 
 def _host_template(value: Any) -> str:
@@ -115,16 +131,27 @@ UPLOAD_OPTIONS = (
     Option("backend", None, text),  # see default_backend
     Option("expiration_time", 60, integer(1, MAX_EXPIRES)),
     Option("token_bytes", 32, integer(16, 256)),
-    Option("max_file_size", 10485760, _max_file_size),
+    Option("max_file_size", 10485760, _at_most("bytes")),
     Option("iqdisc", IqDisc("one_queue"), _iqdisc),
     Option("queue_size", 1000, integer(1, 1_000_000)),
     Option("legacy_namespaces", True, boolean),
     Option("allow", frozenset(), _jid_or_domain_list),
     Option("deny", frozenset(), _jid_or_domain_list),
+    Option("purposes", (DEFAULT_PURPOSE,), purpose_list),
+    Option("purpose", {}, _table),
+    Option("expire_after", None, _at_most("seconds")),
+    Option("daily_quota", None, _at_most("bytes")),
+    Option("rate_limit", None, _rate_limit),
+    Option("total_quota", None, _at_most("bytes")),
+    Option("global_quota", None, _at_most("bytes")),
+    Option("ledger", None, text),
 )
 """The ``[http_upload]`` table. ``queue_size`` bounds the requests waiting in each queue;
 ``allow``/``deny`` add or remove bare JIDs and domains to or from the default (the served
-domain's own users); ``legacy_namespaces`` also serves the pre-1.0 dialects of XEP-0363."""
+domain's own users); ``legacy_namespaces`` also serves the pre-1.0 dialects of XEP-0363.
+``purposes``, ``purpose`` (a table per purpose, see :mod:`~slixmpp_http_upload.purposes`),
+``expire_after`` and the limits (see :mod:`~slixmpp_http_upload.limits`) shape what is kept and
+for how long; ``ledger`` is the SQLite file that records every slot."""
 
 COMPONENT_OPTIONS = (
     Option("server", "127.0.0.1", text),
@@ -188,6 +215,15 @@ class UploadSettings:
     legacy_namespaces: bool
     allow: frozenset[str]
     deny: frozenset[str]
+    purposes: Mapping[str, PurposeRules]
+    """The served purposes and their rules, overrides applied."""
+    expire_after: int | None
+    daily_quota: int | None
+    rate_limit: RateLimit | None
+    total_quota: int | None
+    global_quota: int | None
+    ledger: str | None
+    """The ledger file (None: kept in memory only)."""
     backend_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     public_url: str = DEFAULT_PUBLIC_URL
     """Where the built-in HTTP server is reached (``[http] public_url``): the ``local`` backend's slots."""
@@ -269,6 +305,9 @@ def parse_upload_settings(
     values = parse_table(raw, UPLOAD_OPTIONS + backend_option, path)
     values["backend"] = values["backend"] or backend
     backend_options = values.pop(backend, {}) if backend_option else {}
+    values["purposes"] = purpose_rules(values["purposes"], values.pop("purpose"), values, UPLOAD_OPTIONS, f"{path}.purpose")
+    if base_dir is not None:  # from a configuration file: the ledger is kept beside it by default
+        values["ledger"] = str(base_dir / (values["ledger"] or DEFAULT_LEDGER))
     return UploadSettings(
         **values, backend_options=backend_options, public_url=public_url, base_dir=base_dir or Path.cwd()
     )

@@ -10,8 +10,10 @@ asks the policy hook and the backend and sends the slot. Every reply is built by
 Config: every ``[http_upload]`` option (same checks and messages) — or ``settings``, the same
 already checked (:class:`~slixmpp_http_upload.config.UploadSettings`) — plus ``domain`` (the
 served domain; by default taken from the component's JID through ``host``, or a bot's own
-domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Backend`) and
-``policy`` (see :mod:`slixmpp_http_upload.access`).
+domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Backend`),
+``policy`` (see :mod:`slixmpp_http_upload.access`) and ``accounting`` (a ready
+:class:`~slixmpp_http_upload.accounting.Accounting`, shared by components; by default one of its
+own over the ``ledger`` file).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import functools
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
@@ -32,20 +35,23 @@ from slixmpp.xmlstream.matcher.base import MatcherBase
 
 from . import replies
 from .access import AccessRules, Policy, TryLater
+from .accounting import Accounting, open_ledger
 from .backends import Backend, create_backend
 from .config import UploadSettings, parse_upload_settings
 from .dispatch import being_cancelled, make_dispatcher
 from .domains import normalise_domain, same_jid
 from .guard import StreamGuard
 from .metrics import SlotMetrics
+from .limits import OverLimit
 from .options import ConfigError
 from .pending import PendingRequests
+from .purposes import PurposeNotServed, choose
 from .slot import BadRequest, FileTooLarge, SlotRequest, SlotsUnavailable, make_request
 from .stanza import CURRENT, LEGACY, Dialect
 
 log = logging.getLogger(__name__)
 
-PLUGIN_ONLY_OPTIONS = ("settings", "domain", "backend_instance", "policy")
+PLUGIN_ONLY_OPTIONS = ("settings", "domain", "backend_instance", "policy", "accounting")
 HANDLER_NAME = "XEP-0363 slot request"
 SHUTTING_DOWN = "The upload service is shutting down; try again later."
 
@@ -83,6 +89,10 @@ class HttpUploadServer(BasePlugin):
         self.settings = self._settings()
         self.backend = self.config.get("backend_instance") or create_backend(self.settings, path=self.name)
         self.policy: Policy | None = self.config.get("policy")
+        self.own_accounting = "accounting" not in self.config
+        self.accounting: Accounting = self.config.get("accounting") or Accounting(
+            self.settings, open_ledger(self.settings, self.name)
+        )
         service_jid = self.xmpp.boundjid.bare
         self.rules = AccessRules(self._served_domain(service_jid), self.settings.allow, self.settings.deny)
         self.dispatcher = make_dispatcher(self.settings.iqdisc, self.settings.queue_size)
@@ -106,6 +116,8 @@ class HttpUploadServer(BasePlugin):
         self.xmpp.del_event_handler("session_end", self._on_session_end)
         self.dispatcher.close()
         self._withdraw()
+        if self.own_accounting:
+            self.accounting.ledger.close()
 
     def _on_session_end(self, event: Any) -> None:
         """The stream is gone, and with it every pending reply: drop the queued and running
@@ -151,13 +163,17 @@ class HttpUploadServer(BasePlugin):
         self._withdraw()
         disco = self.xmpp.plugin["xep_0030"]
         disco.add_identity(category="store", itype="file", name="HTTP File Upload", jid=jid)
+        message = self.settings.purposes.get("message")
+        max_file_size = message.max_file_size if message else self.settings.max_file_size
         for dialect in self.dialects.values():
             disco.add_feature(dialect.namespace, jid=jid)
-            if self.settings.max_file_size is not None:
+            if max_file_size is not None:
                 form = self.xmpp.plugin["xep_0004"].make_form(ftype="result")
                 form.add_field(var="FORM_TYPE", ftype="hidden", value=dialect.namespace)
-                form.add_field(var="max-file-size", value=str(self.settings.max_file_size))
+                form.add_field(var="max-file-size", value=str(max_file_size))
                 self.xmpp.plugin["xep_0128"].add_extended_info(jid=jid, data=form)
+        for purpose in self.settings.purposes.values():
+            disco.add_feature(purpose.feature, jid=jid)
         self.advertised_jid = jid
 
     def _withdraw(self) -> None:
@@ -166,8 +182,8 @@ class HttpUploadServer(BasePlugin):
             return
         disco = self.xmpp.plugin["xep_0030"]
         disco.del_identity(category="store", itype="file", name="HTTP File Upload", jid=jid)
-        for dialect in self.dialects.values():
-            disco.del_feature(feature=dialect.namespace, jid=jid)
+        for feature in (*self.dialects, *(purpose.feature for purpose in self.settings.purposes.values())):
+            disco.del_feature(feature=feature, jid=jid)
         self.xmpp.plugin["xep_0128"].del_extended_info(jid=jid)
 
     def _on_request(self, iq: Iq) -> None:
@@ -192,14 +208,19 @@ class HttpUploadServer(BasePlugin):
             return self._refuse(iq, "forbidden", "auth", "forbidden", "This service is not for your domain.")
         raw = dialect.read_request(element)
         try:
+            purpose, expires = choose(self.settings.purposes, raw.purpose, raw.expire_before, self.accounting.clock())
             request = make_request(
                 raw.filename,
                 raw.size,
                 raw.content_type,
                 domain=self.rules.served_domain,
-                max_file_size=self.settings.max_file_size,
+                max_file_size=purpose.max_file_size,
                 requester=requester,
+                purpose=purpose.name,
+                expires=expires,
             )
+        except PurposeNotServed as error:
+            return self._refuse(iq, "purpose", "cancel", "feature-not-implemented", str(error))
         except BadRequest as error:
             return self._refuse(iq, "bad-request", "modify", "bad-request", str(error))
         except FileTooLarge as error:
@@ -219,8 +240,8 @@ class HttpUploadServer(BasePlugin):
             self._refuse(iq, "queue-full", "wait", "resource-constraint", "Too many slot requests; try again later.")
 
     async def _answer(self, iq: Iq, dialect: Dialect, request: SlotRequest) -> None:
-        """Ask the policy hook and the backend, then send the slot; raises only when its own
-        task is cancelled."""
+        """Ask the policy hook, the limits and the backend, then send the slot and record it;
+        raises only when its own task is cancelled."""
         started = time.perf_counter()
         try:
             verdict = await self.policy(iq["from"], request) if self.policy else None
@@ -229,8 +250,18 @@ class HttpUploadServer(BasePlugin):
                 return self._refuse(iq, "policy", "wait", "resource-constraint", verdict.reason, retry)
             if verdict:
                 return self._refuse(iq, "policy", "auth", "forbidden", verdict)
-            slot = await self.backend.create_slot(request)
-            element = dialect.slot_element(slot)
+            usage = self.accounting.admit(request)
+            if isinstance(usage, OverLimit):
+                when = datetime.fromtimestamp(usage.retry, timezone.utc) if usage.retry is not None else None
+                retry = dialect.retry_element(when) if when else None
+                return self._refuse(iq, usage.reason, "wait", "resource-constraint", usage.text, retry)
+            try:
+                slot = await self.backend.create_slot(request)
+                element = dialect.slot_element(slot)
+            except BaseException:
+                self.accounting.withdraw(usage)
+                raise
+            self.accounting.record(usage, request, slot)
         except (Exception, asyncio.CancelledError) as error:
             if being_cancelled():  # our own task is stopping: let it
                 raise

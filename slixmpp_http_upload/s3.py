@@ -9,10 +9,14 @@ itself refuses another type or a longer body. ``add_acl`` travels in the signed 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import secrets
-from collections.abc import Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +33,10 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _KEY_ID = re.compile(r"^[!-.0-~]+$")
 """Printable ASCII without space or ``/`` (which separates the credential scope)."""
 ACL_PARAMS = (("x-amz-acl", "public-read"),)
+DELETE_CONCURRENCY = 8
+DELETE_TIMEOUT = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def parse_bucket_url(value: Any) -> BaseUrl:
@@ -169,7 +177,7 @@ class S3Backend:
         name = uri_encode(object_name(request.filename))
         key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{name}"
         object_url = self.bucket.origin + key_path
-        return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=object_url)
+        return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=object_url, key=key_path)
 
     def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
         """The presigned query string of the PUT of ``request`` to the encoded ``key_path``."""
@@ -189,8 +197,35 @@ class S3Backend:
             )
         return f"content-length:{request.size}\nhost:{self.bucket.host}\n", "content-length;host"
 
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        """Delete the objects at the encoded key paths ``keys`` with signed DELETEs,
+        :data:`DELETE_CONCURRENCY` at a time; returns those gone (deleted, or absent already)."""
+        limit = asyncio.Semaphore(DELETE_CONCURRENCY)
+
+        async def delete_one(key: str) -> bool:
+            async with limit:
+                url = self.presigned_url("DELETE", key, {"host": self.bucket.host})
+                return await asyncio.to_thread(_delete_url, url, key)
+
+        gone = await asyncio.gather(*(delete_one(key) for key in keys))
+        return [key for key, done in zip(keys, gone) if done]
+
     def presigned_url(self, method: str, key_path: str, headers: Mapping[str, str]) -> str:
         """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` signed."""
         header_block, signed_headers = canonical_headers(headers)
         query = self.signer.presign(method, key_path, header_block, signed_headers, self.expiration_time)
         return f"{self.bucket.origin}{key_path}?{query}"
+
+
+def _delete_url(url: str, key: str) -> bool:
+    """One signed DELETE; True when the object is gone (2xx, or 404: it was not there)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="DELETE"), timeout=DELETE_TIMEOUT):
+            return True
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return True
+        log.warning("S3 refused to delete %s: HTTP %d", key, error.code)
+    except (urllib.error.URLError, OSError) as error:
+        log.warning("Could not delete %s: %s", key, getattr(error, "reason", error))
+    return False

@@ -26,12 +26,15 @@ from typing import Any
 from slixmpp import ComponentXMPP
 from slixmpp.stanza import StreamError
 
+from .accounting import Accounting, open_ledger
 from .backends import Backend, create_backend
-from .config import Config, MetricsSettings
+from .config import Config, MetricsSettings, UploadSettings
 from .http import HttpServer
+from .ledger import Ledger
 from .local import LocalBackend
 from .metrics import SlotMetrics
 from .options import ConfigError
+from .retention import CannotDelete, Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,29 @@ def _configure_logging(level: int) -> None:
 async def _serve(config: Config) -> int:
     component = config.component
     backend = create_backend(config.http_upload)
+    ledger = open_ledger(config.http_upload)
+    try:
+        sweeper = _sweeper(config.http_upload, ledger, backend)
+        accounting = Accounting(config.http_upload, ledger)
+        return await _run(config, backend, accounting, sweeper)
+    finally:
+        ledger.close()
+
+
+def _sweeper(settings: UploadSettings, ledger: Ledger, backend: Backend) -> Sweeper | None:
+    """The sweeper, unless the backend cannot delete and no file ever expires."""
+    try:
+        return Sweeper(ledger, backend, settings.expiration_time)
+    except CannotDelete as error:
+        if any(rules.expire_after is not None or rules.name == "ephemeral" for rules in settings.purposes.values()):
+            raise ConfigError("http_upload.expire_after", f"files expire, but {error}") from None
+        return None
+
+
+async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper: Sweeper | None) -> int:
+    component = config.component
     links = [
-        Link(make_component(config, domain, backend), component.server, component.port)
+        Link(make_component(config, domain, backend, accounting), component.server, component.port)
         for domain in component.domains
     ]
     counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
@@ -117,6 +141,8 @@ async def _serve(config: Config) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         tasks = [asyncio.create_task(link.run(), name=link.name) for link in links]
+        if sweeper is not None:
+            tasks.append(asyncio.create_task(sweeper.run(), name="sweeper"))
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -152,12 +178,15 @@ def _start_metrics(settings: MetricsSettings, sources: list[SlotMetrics]) -> Cal
     return stop
 
 
-def make_component(config: Config, domain: str, backend: Backend) -> ComponentXMPP:
+def make_component(config: Config, domain: str, backend: Backend, accounting: Accounting) -> ComponentXMPP:
     """The component serving ``domain``, its plugins registered (call inside the running loop)."""
     settings = config.http_upload
     component = config.component
     xmpp = ComponentXMPP(settings.service_jid(domain), component.secret, component.server, component.port)
-    xmpp.register_plugin("http_upload_server", {"settings": settings, "domain": domain, "backend_instance": backend})
+    xmpp.register_plugin(
+        "http_upload_server",
+        {"settings": settings, "domain": domain, "backend_instance": backend, "accounting": accounting},
+    )
     size = "unlimited" if settings.max_file_size is None else f"{settings.max_file_size} bytes"
     iqdisc = settings.iqdisc.type
     if iqdisc == "queues":

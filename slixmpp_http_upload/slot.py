@@ -46,6 +46,8 @@ class SlotRequest:
 
     ``domain`` is the served XMPP domain; ``requester`` is None when no XMPP user asked
     (the ``urls`` command). ``content_type`` is None when the client gave none (or "").
+    ``purpose`` is the XEP-0363 purpose; ``expires`` (epoch seconds) when the file must stop
+    being served, None for never.
     """
 
     filename: str
@@ -53,15 +55,19 @@ class SlotRequest:
     content_type: str | None
     domain: str
     requester: JID | None = None
+    purpose: str = "message"
+    expires: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """Where to PUT the bytes (with optional headers) and where everyone GETs them."""
+    """Where to PUT the bytes (with optional headers) and where everyone GETs them. ``key`` is
+    the backend's own name of the object, what its ``delete`` takes (default: the GET URL)."""
 
     put_url: str
     get_url: str
     put_headers: tuple[tuple[str, str], ...] = ()
+    key: str = ""
 
     def __post_init__(self) -> None:
         for url in (self.put_url, self.get_url):
@@ -82,6 +88,8 @@ def make_request(
     domain: str,
     max_file_size: int | None,
     requester: JID | None = None,
+    purpose: str = "message",
+    expires: float | None = None,
 ) -> SlotRequest:
     """Check the raw fields of a slot request; ``max_file_size`` None means no limit."""
     request = SlotRequest(
@@ -90,6 +98,8 @@ def make_request(
         content_type=check_content_type(content_type),
         domain=domain,
         requester=requester,
+        purpose=purpose,
+        expires=expires,
     )
     if max_file_size is not None and request.size > max_file_size:
         raise FileTooLarge(max_file_size)

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from xml.etree import ElementTree as ET
 
+from .purposes import NS_PURPOSE
 from .slot import Slot
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
 NS_LEGACY = "urn:xmpp:http:upload"
 NS_SIACS = "eu:siacs:conversations:http:upload"
 FIELDS = ("filename", "size", "content-type")
+_PURPOSE_PREFIX = f"{{{NS_PURPOSE}}}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class RawRequest:
     filename: str | None
     size: str | None
     content_type: str | None
+    purpose: str | None = None
+    """The local name of the purpose element (``:0`` only), None when there is none."""
+    expire_before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class Dialect:
             values = [request.get(name) for name in FIELDS]
         else:  # legacy dialects, and old clients that sent child elements under ``:0``
             values = [request.findtext(f"{{{self.namespace}}}{name}") for name in FIELDS]
+        if self.attributes:  # purposes came with XEP-0363 1.2, in the ``:0`` dialect only
+            for child in request:
+                if child.tag.startswith(_PURPOSE_PREFIX):
+                    return RawRequest(*values, child.tag[len(_PURPOSE_PREFIX) :], child.get("expire-before"))
         return RawRequest(*values)
 
     def slot_element(self, slot: Slot) -> ET.Element:

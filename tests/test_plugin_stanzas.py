@@ -51,6 +51,7 @@ PLUGINS = ["xep_0030", "xep_0004", "xep_0128", "http_upload_server"]
 NS = "urn:xmpp:http:upload:0"
 NS_V02 = "urn:xmpp:http:upload"
 NS_SIACS = "eu:siacs:conversations:http:upload"
+NS_PURPOSE = "urn:xmpp:http:upload:purpose:0"
 ALL_NS = (NS, NS_V02, NS_SIACS)
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 COMPONENT_NS = "jabber:component:accept"
@@ -230,11 +231,14 @@ def disco_form(ns: str, max_size: int = MAX) -> str:
     )
 
 
-def disco_xml(iq_id: str, namespaces: Iterable[str] = ALL_NS, max_size: int | None = MAX) -> str:
+def disco_xml(
+    iq_id: str, namespaces: Iterable[str] = ALL_NS, max_size: int | None = MAX, purposes: Iterable[str] = ("message",)
+) -> str:
     parts = [
         '<identity category="store" type="file" name="HTTP File Upload"/>',
         f'<feature var="{DISCO_INFO}"/>',
         '<feature var="jabber:x:data"/>',
+        *(f'<feature var="{NS_PURPOSE}#{name}"/>' for name in purposes),
     ]
     for ns in namespaces:
         parts.append(f'<feature var="{ns}"/>')

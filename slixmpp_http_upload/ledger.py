@@ -1,0 +1,183 @@
+"""The slot ledger: every slot handed out, kept in SQLite so that quotas, expiry and deletion
+survive restarts.
+
+The records live in memory (what the stanza path reads); a writer thread mirrors each change to
+the database (WAL journal) in batches, so no request waits for the disk. :meth:`Ledger.flush`
+waits until everything asked so far is written. Other processes (``sweep``, ``purge``) may open
+the same file at the same time; what one removes, another's memory still holds until it starts
+again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEDGER = "slixmpp-http-upload-ledger.sqlite"
+"""The ledger's file name beside the configuration file, when ``ledger`` is not set."""
+IN_MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS slots (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    content_type TEXT,
+    purpose TEXT NOT NULL,
+    issued REAL NOT NULL,
+    expires REAL
+);
+CREATE INDEX IF NOT EXISTS slots_owner ON slots (owner);
+CREATE INDEX IF NOT EXISTS slots_expires ON slots (expires);
+"""
+_COLUMNS = "key, owner, domain, size, content_type, purpose, issued, expires"
+_INSERT = f"INSERT OR REPLACE INTO slots ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM slots WHERE key = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRecord:
+    """One slot handed out. ``key`` is the backend's name of the object (what its ``delete``
+    takes); ``owner`` the requester's bare JID; ``expires`` (epoch seconds) when the file stops
+    being served, None for never."""
+
+    key: str
+    owner: str
+    domain: str
+    size: int
+    content_type: str | None
+    purpose: str
+    issued: float
+    expires: float | None
+
+
+class Ledger:
+    """The records of one ledger file (``:memory:`` for none), loaded on open."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._connection = _connect(self.path)
+        rows = self._connection.execute(f"SELECT {_COLUMNS} FROM slots ORDER BY issued").fetchall()
+        self.records: dict[str, SlotRecord] = {row[0]: SlotRecord(*row) for row in rows}
+        self._due = [(record.expires, key) for key, record in self.records.items() if record.expires is not None]
+        heapq.heapify(self._due)
+        self._watcher: Callable[[float], None] | None = None
+        self._writes: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="ledger writer", daemon=True)
+        self._writer.start()
+
+    def add(self, record: SlotRecord) -> None:
+        """Record a slot (written to the file soon after)."""
+        self.records[record.key] = record
+        if record.expires is not None:
+            heapq.heappush(self._due, (record.expires, record.key))
+            if self._watcher is not None:
+                self._watcher(record.expires)
+        self._writes.put(("add", record))
+
+    def watch(self, watcher: Callable[[float], None]) -> None:
+        """Have ``watcher(expires)`` called for each new record that expires."""
+        self._watcher = watcher
+
+    def remove(self, keys: Iterable[str]) -> list[SlotRecord]:
+        """Forget the records of ``keys`` (those it has); returns them."""
+        removed = [record for key in keys if (record := self.records.pop(key, None)) is not None]
+        if removed:
+            self._writes.put(("remove", [record.key for record in removed]))
+        return removed
+
+    def of(self, who: str) -> list[SlotRecord]:
+        """The records of a bare JID, or of a whole domain given as ``@domain``."""
+        if who.startswith("@"):
+            domain = who[1:]
+            return [record for record in self.records.values() if record.domain == domain]
+        return [record for record in self.records.values() if record.owner == who]
+
+    def pop_due(self, now: float) -> list[SlotRecord]:
+        """The records whose time came (expiry, or a moment given to :meth:`again`), each once."""
+        due = []
+        while self._due and self._due[0][0] <= now:
+            _, key = heapq.heappop(self._due)
+            if (record := self.records.get(key)) is not None:
+                due.append(record)
+        return due
+
+    def again(self, record: SlotRecord, moment: float) -> None:
+        """Make ``record`` due again at ``moment`` (a delete that failed or came too early)."""
+        if record.key in self.records:
+            heapq.heappush(self._due, (moment, record.key))
+
+    def next_due(self) -> float | None:
+        """When the next record falls due, if any does."""
+        while self._due and self._due[0][1] not in self.records:
+            heapq.heappop(self._due)
+        return self._due[0][0] if self._due else None
+
+    def flush(self) -> None:
+        """Wait until every change so far is in the file."""
+        done = threading.Event()
+        self._writes.put(("flush", done))
+        done.wait()
+
+    def close(self) -> None:
+        """Write what is pending and close the file."""
+        if self._writer.is_alive():
+            self._writes.put(None)
+            self._writer.join()
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = [self._writes.get()]
+            while True:  # everything queued meanwhile goes in the same transaction
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            changes = [change for change in batch if change is not None]
+            try:
+                self._write(changes)
+            finally:
+                for kind, done in changes:
+                    if kind == "flush":
+                        done.set()  # type: ignore[attr-defined]
+            if None in batch:
+                self._connection.close()
+                return
+
+    def _write(self, changes: list[tuple[str, object]]) -> None:
+        try:
+            with self._connection:
+                for kind, value in changes:
+                    if kind == "add":
+                        self._connection.execute(_INSERT, _row(value))  # type: ignore[arg-type]
+                    elif kind == "remove":
+                        self._connection.executemany(_DELETE, [(key,) for key in value])  # type: ignore[attr-defined]
+        except sqlite3.Error:
+            log.exception("Could not write the ledger %s", self.path)
+
+
+def _row(record: SlotRecord) -> tuple[object, ...]:
+    return (
+        record.key, record.owner, record.domain, record.size,
+        record.content_type, record.purpose, record.issued, record.expires,
+    )
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """Open (or create) a ledger file, WAL journal; shared with the writer thread."""
+    connection = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+    if path != IN_MEMORY:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+    connection.executescript(_SCHEMA)
+    connection.isolation_level = ""  # back to implicit transactions: ``with connection`` commits
+    return connection

@@ -1,0 +1,259 @@
+"""Per-user limits on slots, kept in memory: ``daily_quota``, ``rate_limit``, ``total_quota``
+and ``global_quota``.
+
+:class:`Quotas` counts every admitted slot and answers each request in constant time (old
+entries leave their windows as time passes). A refusal (:class:`OverLimit`) names the limit with
+its numbers and says when the same request would fit: once enough of a window has passed, or
+enough stored files have expired — or never (``retry`` None) when nothing will free room.
+The counters are rebuilt from the ledger's records on start (:meth:`Quotas.count`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``slots`` slots in any ``seconds`` seconds."""
+
+    slots: int
+    seconds: int
+
+
+@dataclass(frozen=True)
+class OverLimit:
+    """A request over a limit: ``reason`` is the metrics label, ``text`` what the user reads,
+    ``retry`` (epoch seconds, whole) when the same request would fit, if ever."""
+
+    reason: str
+    text: str
+    retry: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One admitted slot as the limits see it. ``pool`` is the purpose whose own quotas it counts
+    against, "" for the shared ones; ``expires`` None means stored for ever."""
+
+    owner: str
+    pool_daily: str
+    pool_total: str
+    size: int
+    issued: float
+    expires: float | None
+
+
+@dataclass
+class _Window:
+    """Slots in a sliding window: (issued, size) oldest first, and their byte sum."""
+
+    entries: deque[tuple[float, int]] = field(default_factory=deque)
+    total: int = 0
+
+    def advance(self, start: float) -> None:
+        """Forget what was issued at or before ``start``."""
+        entries = self.entries
+        while entries and entries[0][0] <= start:
+            self.total -= entries.popleft()[1]
+
+    def add(self, issued: float, size: int) -> None:
+        self.entries.append((issued, size))
+        self.total += size
+
+    def discard(self, issued: float, size: int) -> None:
+        try:
+            self.entries.remove((issued, size))
+        except ValueError:
+            return
+        self.total -= size
+
+
+@dataclass
+class _Stored:
+    """Bytes stored and not yet expired: their sum and a heap of (expires, size)."""
+
+    expiring: list[tuple[float, int]] = field(default_factory=list)
+    total: int = 0
+
+    def advance(self, now: float) -> None:
+        expiring = self.expiring
+        while expiring and expiring[0][0] <= now:
+            self.total -= heapq.heappop(expiring)[1]
+
+    def add(self, size: int, expires: float | None) -> None:
+        self.total += size
+        if expires is not None:
+            heapq.heappush(self.expiring, (expires, size))
+
+    def discard(self, size: int, expires: float | None) -> None:
+        if expires is not None:
+            try:
+                self.expiring.remove((expires, size))
+            except ValueError:
+                return
+            heapq.heapify(self.expiring)
+        self.total -= size
+
+    def room_at(self, needed: int) -> float | None:
+        """When ``needed`` more bytes than allowed will have expired (None: never)."""
+        freed = 0
+        for expires, size in sorted(self.expiring):
+            freed += size
+            if freed >= needed:
+                return expires
+        return None
+
+
+class Quotas:
+    """The counters behind the limits; ``None`` turns a limit off. ``daily_quotas`` and
+    ``total_quotas`` map each pool ("" for the shared one, else a purpose with its own quota)
+    to its limit."""
+
+    def __init__(
+        self,
+        *,
+        daily_quotas: dict[str, int | None],
+        total_quotas: dict[str, int | None],
+        rate_limit: RateLimit | None = None,
+        global_quota: int | None = None,
+    ) -> None:
+        self.daily_quotas = daily_quotas
+        self.total_quotas = total_quotas
+        self.rate_limit = rate_limit
+        self.global_quota = global_quota
+        self._daily: dict[tuple[str, str], _Window] = {}
+        self._rate: dict[str, deque[float]] = {}
+        self._stored: dict[tuple[str, str], _Stored] = {}
+        self._global = _Stored()
+
+    @property
+    def active(self) -> bool:
+        """Whether any limit is on (if not, nothing needs counting)."""
+        return (
+            self.rate_limit is not None
+            or self.global_quota is not None
+            or any(limit is not None for limit in (*self.daily_quotas.values(), *self.total_quotas.values()))
+        )
+
+    def check(self, usage: Usage) -> OverLimit | None:
+        """Whether ``usage`` fits every limit at its ``issued`` time; counts nothing."""
+        now = usage.issued
+        refusals = [
+            refusal
+            for refusal in (
+                self._check_rate(usage.owner, now),
+                self._check_daily(usage, now),
+                self._check_total(usage, now),
+                self._check_global(usage.size, now),
+            )
+            if refusal is not None
+        ]
+        if not refusals:
+            return None
+        # The request fits once every limit lets it through: name the one that holds longest.
+        if any(refusal.retry is None for refusal in refusals):
+            return next(refusal for refusal in refusals if refusal.retry is None)
+        return max(refusals, key=lambda refusal: refusal.retry or 0.0)
+
+    def count(self, usage: Usage) -> None:
+        """Count an admitted slot (also each slot of the ledger on start)."""
+        if self.rate_limit is not None:
+            self._rate.setdefault(usage.owner, deque()).append(usage.issued)
+        if self.daily_quotas.get(usage.pool_daily) is not None:
+            self._daily.setdefault((usage.owner, usage.pool_daily), _Window()).add(usage.issued, usage.size)
+        if self.total_quotas.get(usage.pool_total) is not None:
+            self._stored.setdefault((usage.owner, usage.pool_total), _Stored()).add(usage.size, usage.expires)
+        if self.global_quota is not None:
+            self._global.add(usage.size, usage.expires)
+
+    def uncount(self, usage: Usage) -> None:
+        """Take back a counted slot that was not handed out after all (the backend failed)."""
+        if (times := self._rate.get(usage.owner)) is not None and usage.issued in times:
+            times.remove(usage.issued)
+        if (window := self._daily.get((usage.owner, usage.pool_daily))) is not None:
+            window.discard(usage.issued, usage.size)
+        if (stored := self._stored.get((usage.owner, usage.pool_total))) is not None:
+            stored.discard(usage.size, usage.expires)
+        if self.global_quota is not None:
+            self._global.discard(usage.size, usage.expires)
+
+    def _check_rate(self, owner: str, now: float) -> OverLimit | None:
+        limit = self.rate_limit
+        times = self._rate.get(owner)
+        if limit is None or times is None:
+            return None
+        while times and times[0] <= now - limit.seconds:
+            times.popleft()
+        if len(times) < limit.slots:
+            return None
+        # The oldest of the last ``slots`` slots must leave the window first.
+        retry = times[len(times) - limit.slots] + limit.seconds
+        return OverLimit(
+            "rate-limit",
+            f"Rate limit reached: at most {limit.slots} files in {_duration(limit.seconds)}.",
+            _whole(retry),
+        )
+
+    def _check_daily(self, usage: Usage, now: float) -> OverLimit | None:
+        quota = self.daily_quotas.get(usage.pool_daily)
+        window = self._daily.get((usage.owner, usage.pool_daily))
+        if quota is None:
+            return None
+        used = 0
+        if window is not None:
+            window.advance(now - DAY)
+            used = window.total
+        if used + usage.size <= quota:
+            return None
+        text = f"Daily quota reached: {used} of {quota} bytes used in the last 24 hours, {usage.size} more asked."
+        if usage.size > quota or window is None:
+            return OverLimit("daily-quota", text, None)
+        excess = used + usage.size - quota
+        freed = 0
+        for issued, size in window.entries:
+            freed += size
+            if freed >= excess:
+                return OverLimit("daily-quota", text, _whole(issued + DAY))
+        return OverLimit("daily-quota", text, None)  # not reached: the window holds ``used`` bytes
+
+    def _check_total(self, usage: Usage, now: float) -> OverLimit | None:
+        quota = self.total_quotas.get(usage.pool_total)
+        if quota is None:
+            return None
+        stored = self._stored.get((usage.owner, usage.pool_total)) or _Stored()
+        stored.advance(now)
+        if stored.total + usage.size <= quota:
+            return None
+        text = f"Storage quota reached: {stored.total} of {quota} bytes stored, {usage.size} more asked."
+        retry = stored.room_at(stored.total + usage.size - quota) if usage.size <= quota else None
+        return OverLimit("total-quota", text, _whole(retry))
+
+    def _check_global(self, size: int, now: float) -> OverLimit | None:
+        quota = self.global_quota
+        if quota is None:
+            return None
+        stored = self._global
+        stored.advance(now)
+        if stored.total + size <= quota:
+            return None
+        retry = stored.room_at(stored.total + size - quota) if size <= quota else None
+        return OverLimit("global-quota", f"The service's storage is full ({quota} bytes).", _whole(retry))
+
+
+def _whole(moment: float | None) -> float | None:
+    """The next whole second: a stamp carries whole seconds, and asking earlier would not fit."""
+    return None if moment is None else float(math.ceil(moment))
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit[:-1] if count == 1 else unit}"
+    return f"{seconds} seconds"
