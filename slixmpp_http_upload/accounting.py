@@ -45,7 +45,7 @@ class Accounting:
         )
         self._limited = self.quotas.active
         if self._limited:
-            for record in ledger.records.values():
+            for record in (*ledger.history, *ledger.records.values()):
                 self.quotas.count(self._usage(record.owner, record.purpose, record.size, record.issued, record.expires))
 
     def admit(self, request: SlotRequest) -> OverLimit | Usage:

@@ -108,7 +108,7 @@ def command_purge(args: argparse.Namespace, config: Config) -> int:
     _refuse_if_cannot_delete(backend)
     with _ledger(settings) as ledger:
         records = ledger.of(who)
-        removed = asyncio.run(delete_records(ledger, backend, records))
+        removed = asyncio.run(delete_records(ledger, backend, records, forget=True))
     _print_deleted(removed)
     print(f"{len(removed)} files of {who} deleted ({sum(r.size for r in removed)} bytes)")
     if len(removed) < len(records):

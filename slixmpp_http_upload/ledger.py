@@ -1,5 +1,6 @@
 """The slot ledger: every slot handed out, kept in SQLite so that quotas, expiry and deletion
-survive restarts.
+survive restarts. A record whose file was deleted on expiry stays in the file, marked gone, for
+a day (the longest window of a limit); ``purge`` forgets at once.
 
 The records live in memory (what the stanza path reads); a writer thread mirrors each change to
 the database (WAL journal) in batches, so no request waits for the disk. :meth:`Ledger.flush`
@@ -15,9 +16,12 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .limits import DAY
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ CREATE TABLE IF NOT EXISTS slots (
     content_type TEXT,
     purpose TEXT NOT NULL,
     issued REAL NOT NULL,
-    expires REAL
+    expires REAL,
+    gone INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS slots_owner ON slots (owner);
 CREATE INDEX IF NOT EXISTS slots_expires ON slots (expires);
@@ -42,6 +47,8 @@ CREATE INDEX IF NOT EXISTS slots_expires ON slots (expires);
 _COLUMNS = "key, owner, domain, size, content_type, purpose, issued, expires"
 _INSERT = f"INSERT OR REPLACE INTO slots ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM slots WHERE key = ?"
+_GONE = "UPDATE slots SET gone = 1 WHERE key = ?"
+_PRUNE = "DELETE FROM slots WHERE gone = 1 AND issued <= ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +73,10 @@ class Ledger:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._connection = _connect(self.path)
-        rows = self._connection.execute(f"SELECT {_COLUMNS} FROM slots ORDER BY issued").fetchall()
-        self.records: dict[str, SlotRecord] = {row[0]: SlotRecord(*row) for row in rows}
+        rows = self._connection.execute(f"SELECT {_COLUMNS}, gone FROM slots ORDER BY issued").fetchall()
+        self.records: dict[str, SlotRecord] = {row[0]: SlotRecord(*row[:-1]) for row in rows if not row[-1]}
+        self.history = [SlotRecord(*row[:-1]) for row in rows if row[-1] and row[6] > time.time() - DAY]
+        """The slots of the last day whose files are gone (what the limits' windows still count)."""
         self._due = [(record.expires, key) for key, record in self.records.items() if record.expires is not None]
         heapq.heapify(self._due)
         self._watcher: Callable[[float], None] | None = None
@@ -88,11 +97,12 @@ class Ledger:
         """Have ``watcher(expires)`` called for each new record that expires."""
         self._watcher = watcher
 
-    def remove(self, keys: Iterable[str]) -> list[SlotRecord]:
-        """Forget the records of ``keys`` (those it has); returns them."""
+    def remove(self, keys: Iterable[str], *, forget: bool = False) -> list[SlotRecord]:
+        """Take the records of ``keys`` (those it has) out of :attr:`records`; returns them. The
+        file keeps them a day as gone, for the limits' windows, unless ``forget``."""
         removed = [record for key in keys if (record := self.records.pop(key, None)) is not None]
         if removed:
-            self._writes.put(("remove", [record.key for record in removed]))
+            self._writes.put(("forget" if forget else "gone", [record.key for record in removed]))
         return removed
 
     def of(self, who: str) -> list[SlotRecord]:
@@ -159,8 +169,11 @@ class Ledger:
                 for kind, value in changes:
                     if kind == "add":
                         self._connection.execute(_INSERT, _row(value))  # type: ignore[arg-type]
-                    elif kind == "remove":
+                    elif kind == "forget":
                         self._connection.executemany(_DELETE, [(key,) for key in value])  # type: ignore[attr-defined]
+                    elif kind == "gone":
+                        self._connection.executemany(_GONE, [(key,) for key in value])  # type: ignore[attr-defined]
+                        self._connection.execute(_PRUNE, (time.time() - DAY,))
         except sqlite3.Error:
             log.exception("Could not write the ledger %s", self.path)
 

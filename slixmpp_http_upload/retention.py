@@ -40,9 +40,12 @@ def deleter(backend: Any) -> Callable[[Sequence[str]], Any]:
     return delete  # type: ignore[no-any-return]
 
 
-async def delete_records(ledger: Ledger, backend: Any, records: Sequence[SlotRecord]) -> list[SlotRecord]:
-    """Delete the files of ``records`` from ``backend`` and forget those that are gone; returns
-    them. A backend that fails leaves every record in place (and logs why)."""
+async def delete_records(
+    ledger: Ledger, backend: Any, records: Sequence[SlotRecord], *, forget: bool = False
+) -> list[SlotRecord]:
+    """Delete the files of ``records`` from ``backend`` and take those that are gone out of the
+    ledger (see :meth:`Ledger.remove` for ``forget``); returns them. A backend that fails leaves
+    every record in place (and logs why)."""
     if not records:
         return []
     delete = deleter(backend)
@@ -51,7 +54,7 @@ async def delete_records(ledger: Ledger, backend: Any, records: Sequence[SlotRec
     except Exception:
         log.exception("Could not delete %d files (%s)", len(records), type(backend).__name__)
         return []
-    return ledger.remove(record.key for record in records if record.key in gone)
+    return ledger.remove((record.key for record in records if record.key in gone), forget=forget)
 
 
 async def sweep(ledger: Ledger, backend: Any, put_window: float, now: float) -> tuple[list[SlotRecord], int]:

@@ -239,6 +239,26 @@ CASES = {
                                 "http_upload.local.root: cannot use "),
     "local-table-beside-s3": ({"http_upload.local.root": '"files"'}, "http_upload.local: unknown option"),
     "s3-table-with-local-backend": ({"http_upload.backend": '"local"'}, "http_upload.s3: unknown option"),
+    # purposes, retention and limits
+    "purposes-unknown": ({"http_upload.purposes": '["message", "selfie"]'},
+                         "http_upload.purposes: 'selfie' is not a purpose (known: message, profile, ephemeral, permanent)"),
+    "purposes-twice": ({"http_upload.purposes": '["message", "message"]'},
+                       "http_upload.purposes: must not list a purpose twice"),
+    "purposes-not-list": ({"http_upload.purposes": '"message"'}, "http_upload.purposes: must be a list of purposes"),
+    "purpose-not-served": ({"http_upload.purpose.profile.max_file_size": "1000"},
+                           "http_upload.purpose.profile: is not a served purpose (purposes: message)"),
+    "purpose-bad-value": ({"http_upload.purposes": '["message", "profile"]',
+                           "http_upload.purpose.profile.expire_after": "0"},
+                          'http_upload.purpose.profile.expire_after: must be a positive integer (seconds) or "infinity", got 0'),
+    "purpose-unknown-key": ({"http_upload.purposes": '["profile"]', "http_upload.purpose.profile.rate_limit": "1"},
+                            "http_upload.purpose.profile.rate_limit: unknown option (known: max_file_size, "),
+    "daily-quota-text": ({"http_upload.daily_quota": '"100 MB"'},
+                         'http_upload.daily_quota: must be a positive integer (bytes) or "infinity", got \'100 MB\''),
+    "rate-limit-scalar": ({"http_upload.rate_limit": "5"}, "http_upload.rate_limit: must be a table, not a int"),
+    "rate-limit-no-seconds": ({"http_upload.rate_limit": "{slots = 5}"}, "http_upload.rate_limit.seconds: is required"),
+    "rate-limit-long": ({"http_upload.rate_limit": "{slots = 5, seconds = 86401}"},
+                        "http_upload.rate_limit.seconds: must be an integer from 1 to 86400, got 86401"),
+    "ledger-empty": ({"http_upload.ledger": '""'}, "http_upload.ledger: must be a non-empty string"),
 }
 
 

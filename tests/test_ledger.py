@@ -1,0 +1,233 @@
+"""The ledger on disk, the counts rebuilt from it, sweeping and purging: against real SQLite
+files and (for S3 deletes) the real SeaweedFS."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from slixmpp import JID
+
+from helpers import DOMAIN, run_cli, seaweedfs_s3, write_toml
+from servers import SeaweedFS, anonymous_request
+from slixmpp_http_upload import Slot, SlotRequest, register_backend
+from slixmpp_http_upload.accounting import Accounting
+from slixmpp_http_upload.config import parse_upload_settings
+from slixmpp_http_upload.ledger import DEFAULT_LEDGER, Ledger, SlotRecord
+from slixmpp_http_upload.limits import DAY, OverLimit
+from slixmpp_http_upload.retention import RETRY_DELAY, sweep
+from slixmpp_http_upload.s3 import S3Backend
+
+NOW = 1_800_000_000.0
+
+
+def record(key: str, owner: str = "alice@localhost", *, issued: float = NOW, expires: float | None = None, size: int = 10, purpose: str = "message") -> SlotRecord:
+    return SlotRecord(key, owner, owner.partition("@")[2], size, "text/plain", purpose, issued, expires)
+
+
+def rows(path: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT key, gone FROM slots ORDER BY key").fetchall()
+
+
+class Backend:
+    """Deletes what it is asked to, except the keys in ``failing``; remembers every call."""
+
+    def __init__(self, failing: Iterable[str] = ()) -> None:
+        self.failing = set(failing)
+        self.calls: list[list[str]] = []
+
+    async def create_slot(self, request: SlotRequest) -> Slot:
+        return Slot(f"https://files.example/{request.filename}?put", f"https://files.example/{request.filename}")
+
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        self.calls.append(list(keys))
+        if "everything" in self.failing:
+            raise ConnectionError("storage is down")
+        return [key for key in keys if key not in self.failing]
+
+
+# ---------------------------------------------------------------------------- the file
+
+
+def test_records_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.add(record("a", expires=NOW + 60))
+    ledger.add(record("b", "bob@localhost"))
+    ledger.add(record("c"))
+    ledger.remove(["c"], forget=True)
+    ledger.close()
+    again = Ledger(path)
+    assert again.records == {"a": record("a", expires=NOW + 60), "b": record("b", "bob@localhost")}
+    assert again.next_due() == NOW + 60
+    assert again.of("alice@localhost") == [record("a", expires=NOW + 60)]
+    assert again.of("@localhost") == [record("a", expires=NOW + 60), record("b", "bob@localhost")]
+    again.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_gone_records_stay_a_day_for_the_limits(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    now = time.time()
+    ledger = Ledger(path)
+    ledger.add(record("old", issued=now - DAY - 1, expires=now - DAY))
+    ledger.add(record("recent", issued=now - 100, expires=now - 10))
+    ledger.remove(["old", "recent"])
+    ledger.flush()
+    assert rows(path) == [("recent", 1)], "gone for more than a day: pruned"
+    assert ledger.records == {}
+    ledger.close()
+    again = Ledger(path)
+    assert (again.records, [r.key for r in again.history]) == ({}, ["recent"])
+    again.close()
+
+
+def test_counts_survive_a_restart(tmp_path: Path) -> None:
+    settings = parse_upload_settings({"rate_limit": {"slots": 2, "seconds": 300}, "ledger": str(tmp_path / "l.sqlite")})
+    alice = JID("alice@localhost/phone")
+    request = SlotRequest("a.txt", 10, None, DOMAIN, alice)
+    clock = [time.time()]
+    ledger = Ledger(settings.ledger)
+    accounting = Accounting(settings, ledger, clock=lambda: clock[0])
+    first = clock[0]
+    for n in range(2):
+        usage = accounting.admit(request)
+        assert not isinstance(usage, OverLimit)
+        accounting.record(usage, request, Slot(f"https://f.example/{n}?p", f"https://f.example/{n}"))
+        clock[0] += 1
+    ledger.remove(["https://f.example/0"])  # the file is gone: its slot still counts
+    ledger.close()
+    restarted = Accounting(settings, Ledger(settings.ledger), clock=lambda: clock[0])
+    refusal = restarted.admit(request)
+    assert isinstance(refusal, OverLimit) and refusal.retry == int(first) + 300 + (first % 1 > 0)
+    restarted.ledger.close()
+
+
+def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
+    config = write_toml(tmp_path / "c.toml", {"http_upload": {"backend": "deleting", "ledger": "missing/dir/l.sqlite"}})
+    register_backend("deleting", lambda settings, options, path: Backend())
+    status, out, err = run_cli("usage", "-c", str(config), "alice@localhost")
+    assert (status, out) == (2, "")
+    assert err.startswith("slixmpp-http-upload: configuration error: http_upload.ledger: cannot open "), err
+
+
+# ------------------------------------------------------------------------- sweeping
+
+
+def test_sweep_deletes_due_files_and_keeps_failures_for_later(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.add(record("due", expires=NOW - 1, issued=NOW - 100))
+    ledger.add(record("fails", expires=NOW - 1, issued=NOW - 100))
+    ledger.add(record("uploading", expires=NOW - 1, issued=NOW - 2))  # its PUT URL is valid 10 s
+    ledger.add(record("later", expires=NOW + 50))
+    ledger.add(record("never"))
+    backend = Backend(failing=["fails"])
+    removed, waiting = asyncio.run(sweep(ledger, backend, 10, NOW))
+    assert ([r.key for r in removed], waiting) == (["due"], 2)
+    assert backend.calls == [["due", "fails"]]
+    assert sorted(ledger.records) == ["fails", "later", "never", "uploading"]
+    assert ledger.next_due() == NOW + 8  # the PUT URL's end
+    removed, waiting = asyncio.run(sweep(ledger, backend, 10, NOW + 8))
+    assert ([r.key for r in removed], waiting) == (["uploading"], 0)  # "fails" is due again at NOW + 60
+    backend.failing = {"everything"}
+    assert asyncio.run(sweep(ledger, backend, 10, NOW + 50)) == ([], 1), "a failing backend keeps every record"
+    assert sorted(ledger.records) == ["fails", "later", "never"]
+    backend.failing = set()
+    removed, _ = asyncio.run(sweep(ledger, backend, 10, NOW + RETRY_DELAY + 50))
+    assert sorted(r.key for r in removed) == ["fails", "later"]
+    assert sorted(ledger.records) == ["never"] and ledger.next_due() is None
+    ledger.close()
+    gone = [("due", 1), ("fails", 1), ("later", 1), ("never", 0), ("uploading", 1)]
+    assert rows(tmp_path / "l.sqlite") == gone, "kept a day, marked gone"
+
+
+# ------------------------------------------------------------------ S3 (SeaweedFS)
+
+
+def put(url: str, body: bytes) -> int:
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection.request("PUT", f"{parts.path}?{parts.query}", body, {"Content-Length": str(len(body))})
+    return connection.getresponse().status
+
+
+def s3_backend(seaweedfs: SeaweedFS, **changes: str) -> S3Backend:
+    settings = parse_upload_settings({"s3": {**seaweedfs_s3(seaweedfs), **changes}})
+    return S3Backend.from_settings(settings, settings.backend_options, "http_upload.s3")
+
+
+def test_s3_delete(seaweedfs: SeaweedFS) -> None:
+    backend = s3_backend(seaweedfs)
+    slots = [backend.make_slot(SlotRequest(f"f{n}.txt", 3, None, DOMAIN)) for n in range(3)]
+    for slot in slots[:2]:
+        assert put(slot.put_url, b"abc") == 200
+        assert anonymous_request("GET", slot.get_url)[0] == 200
+    keys = [slot.key for slot in slots]  # the third was never uploaded: gone already
+    assert asyncio.run(backend.delete(keys)) == keys
+    assert [anonymous_request("GET", slot.get_url)[0] for slot in slots] == [404, 404, 404]
+
+
+def test_s3_delete_when_s3_is_down(seaweedfs: SeaweedFS) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        port = unused.getsockname()[1]
+        backend = s3_backend(seaweedfs, bucket_url=f"http://127.0.0.1:{port}/bucket")
+        assert asyncio.run(backend.delete(["/bucket/t/a.txt"])) == []
+
+
+# --------------------------------------------------------------------- the commands
+
+
+def test_purge_and_usage(tmp_path: Path) -> None:
+    backend = Backend()
+    register_backend("deleting", lambda settings, options, path: backend)
+    config = write_toml(tmp_path / "c.toml", {"http_upload": {"backend": "deleting"}})
+    ledger = Ledger(tmp_path / DEFAULT_LEDGER)  # beside the configuration file by default
+    ledger.add(record("a1", size=5, purpose="profile"))
+    ledger.add(record("a2", size=7, expires=time.time() - 1))
+    ledger.add(record("b1", "bob@localhost", size=11))
+    ledger.add(record("c1", "carol@example.org"))
+    ledger.close()
+    status, out, _ = run_cli("usage", "-c", str(config), "Alice@localhost")
+    assert (status, out) == (0, "alice@localhost: 2 files, 12 bytes\n  message: 1 files, 7 bytes (1 expired, not yet deleted)\n  profile: 1 files, 5 bytes\n")
+    status, out, _ = run_cli("purge", "-c", str(config), "alice@localhost")
+    assert status == 0
+    assert out == (
+        "deleted a1 (alice@localhost, 5 bytes, profile)\ndeleted a2 (alice@localhost, 7 bytes, message)\n"
+        "2 files of alice@localhost deleted (12 bytes)\n"
+    )
+    assert backend.calls == [["a1", "a2"]]
+    status, out, _ = run_cli("purge", "-c", str(config), "@localhost")
+    assert (status, out.splitlines()[-1]) == (0, "1 files of @localhost deleted (11 bytes)")
+    assert rows(tmp_path / DEFAULT_LEDGER) == [("c1", 0)], "purged records are forgotten at once"
+
+
+def test_purge_refusals(tmp_path: Path) -> None:
+    class NoDelete:
+        async def create_slot(self, request: SlotRequest) -> Slot:
+            raise NotImplementedError
+
+    register_backend("nodelete", lambda settings, options, path: NoDelete())
+    register_backend("failing", lambda settings, options, path: Backend(failing=["a1"]))
+    ledger = Ledger(tmp_path / DEFAULT_LEDGER)
+    ledger.add(record("a1"))
+    ledger.close()
+    config = write_toml(tmp_path / "c.toml", {"http_upload": {"backend": "nodelete"}})
+    status, out, err = run_cli("purge", "-c", str(config), "alice@localhost")
+    assert (status, out) == (1, "")
+    assert err == "slixmpp-http-upload: the NoDelete backend cannot delete files (it has no delete method): nothing was removed\n"
+    status, out, err = run_cli("purge", "-c", str(config), "alice")
+    assert (status, err) == (1, "slixmpp-http-upload: 'alice' is not a bare JID (user@domain) or @domain\n")
+    config = write_toml(tmp_path / "c.toml", {"http_upload": {"backend": "failing"}})
+    status, out, err = run_cli("purge", "-c", str(config), "alice@localhost")
+    assert (status, out) == (1, "0 files of alice@localhost deleted (0 bytes)\n")
+    assert err == "slixmpp-http-upload: 1 files of alice@localhost could not be deleted; they stay in the ledger\n"
+    assert rows(tmp_path / DEFAULT_LEDGER) == [("a1", 0)]
