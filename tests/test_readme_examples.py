@@ -50,7 +50,7 @@ def readme_block(defines: str) -> str:
 
 
 def test_readme_configurations_are_valid(tmp_path: Path) -> None:
-    quick_start, http, s3 = readme_blocks("toml")
+    quick_start, http, s3 = readme_blocks("toml")[:3]  # then the retention example
     config = parse_config(tomllib.loads(quick_start), base_dir=tmp_path)
     assert config.component.domains == ("example.com",)
     assert config.http_upload.service_jid("example.com") == "upload.example.com"
@@ -65,6 +65,17 @@ def test_readme_configurations_are_valid(tmp_path: Path) -> None:
     config = parse_config(tomllib.loads(s3))
     assert config.http_upload.backend == "s3"
     assert create_backend(config.http_upload).bucket.host == "mybucket.s3.eu-west-1.amazonaws.com"
+
+
+def test_readme_retention_example() -> None:
+    """Avatars kept forever, attachments 30 days, 100 MB a day each."""
+    (block,) = [block for block in readme_blocks("toml") if "purpose.profile" in block]
+    settings = parse_config(tomllib.loads(block)).http_upload
+    message, profile = settings.purposes["message"], settings.purposes["profile"]
+    assert (message.expire_after, profile.expire_after) == (30 * 86400, None)
+    assert (message.max_file_size, profile.max_file_size) == (100 << 20, 1 << 20)
+    assert (message.daily_quota, message.daily_pool) == (100 << 20, "")
+    assert (profile.daily_quota, profile.daily_pool) == (100 << 20, "profile")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the recipe needs curl")
