@@ -163,7 +163,7 @@ def _refuse_if_cannot_delete(backend: object) -> None:
     try:
         deleter(backend)
     except CannotDelete as error:
-        raise Refused(str(error)) from None
+        raise Refused(f"{error}: nothing was removed") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

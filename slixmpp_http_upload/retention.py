@@ -35,7 +35,7 @@ def deleter(backend: Any) -> Callable[[Sequence[str]], Any]:
     delete = getattr(backend, "delete", None)
     if delete is None:
         raise CannotDelete(
-            f"the {type(backend).__name__} backend cannot delete files (it has no delete method): nothing was removed"
+            f"the {type(backend).__name__} backend cannot delete files (it has no delete method)"
         )
     return delete  # type: ignore[no-any-return]
 

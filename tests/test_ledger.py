@@ -231,3 +231,21 @@ def test_purge_refusals(tmp_path: Path) -> None:
     assert (status, out) == (1, "0 files of alice@localhost deleted (0 bytes)\n")
     assert err == "slixmpp-http-upload: 1 files of alice@localhost could not be deleted; they stay in the ledger\n"
     assert rows(tmp_path / DEFAULT_LEDGER) == [("a1", 0)]
+
+
+def test_serve_refuses_expiry_without_delete(tmp_path: Path) -> None:
+    class NoDelete:
+        async def create_slot(self, request: SlotRequest) -> Slot:
+            raise NotImplementedError
+
+    register_backend("nodelete", lambda settings, options, path: NoDelete())
+    document = {
+        "component": {"secret": "s", "domains": ["localhost"], "port": 1},
+        "http_upload": {"backend": "nodelete", "expire_after": 60},
+    }
+    status, out, err = run_cli("serve", "-c", str(write_toml(tmp_path / "c.toml", document)))
+    assert (status, out) == (2, "")
+    assert err.endswith(
+        "configuration error: http_upload.expire_after: files expire, but the NoDelete backend cannot delete files"
+        " (it has no delete method)\n"
+    ), err
