@@ -2,8 +2,9 @@
 survive restarts. A record whose file was deleted on expiry stays in the file, marked gone, for
 a day (the longest window of a limit); ``purge`` forgets at once.
 
-The records live in memory (what the stanza path reads); a writer thread mirrors each change to
-the database (WAL journal) in batches, so no request waits for the disk. :meth:`Ledger.flush`
+The records live in memory (what the stanza path reads, and all that the commands read: the
+file has no index but its key); a writer thread mirrors each change to the database (WAL
+journal) in batches of :data:`BATCH_SECONDS`, so no request waits for the disk. :meth:`Ledger.flush`
 waits until everything asked so far is written. Other processes (``sweep``, ``purge``) may open
 the same file at the same time; what one removes, another's memory still holds until it starts
 again.
@@ -18,8 +19,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .limits import DAY
 
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 DEFAULT_LEDGER = "slixmpp-http-upload-ledger.sqlite"
 """The ledger's file name beside the configuration file, when ``ledger`` is not set."""
 IN_MEMORY = ":memory:"
+BATCH_SECONDS = 0.05
+"""The writer gathers the changes of this long into one transaction."""
+PRUNE_SECONDS = 3600
+"""How often the writer drops the records gone for more than a day."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -40,9 +45,7 @@ CREATE TABLE IF NOT EXISTS slots (
     issued REAL NOT NULL,
     expires REAL,
     gone INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS slots_owner ON slots (owner);
-CREATE INDEX IF NOT EXISTS slots_expires ON slots (expires);
+) WITHOUT ROWID;
 """
 _COLUMNS = "key, owner, domain, size, content_type, purpose, issued, expires"
 _INSERT = f"INSERT OR REPLACE INTO slots ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -51,11 +54,10 @@ _GONE = "UPDATE slots SET gone = 1 WHERE key = ?"
 _PRUNE = "DELETE FROM slots WHERE gone = 1 AND issued <= ?"
 
 
-@dataclass(frozen=True, slots=True)
-class SlotRecord:
+class SlotRecord(NamedTuple):
     """One slot handed out. ``key`` is the backend's name of the object (what its ``delete``
     takes); ``owner`` the requester's bare JID; ``expires`` (epoch seconds) when the file stops
-    being served, None for never."""
+    being served, None for never. A tuple: it is the row written to the file."""
 
     key: str
     owner: str
@@ -80,6 +82,9 @@ class Ledger:
         self._due = [(record.expires, key) for key, record in self.records.items() if record.expires is not None]
         heapq.heapify(self._due)
         self._watcher: Callable[[float], None] | None = None
+        with self._connection:
+            self._connection.execute(_PRUNE, (time.time() - DAY,))
+        self._next_prune = time.monotonic() + PRUNE_SECONDS
         self._writes: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="ledger writer", daemon=True)
         self._writer.start()
@@ -147,6 +152,8 @@ class Ledger:
     def _write_loop(self) -> None:
         while True:
             batch = [self._writes.get()]
+            if batch[0] is not None and batch[0][0] != "flush":
+                time.sleep(BATCH_SECONDS)
             while True:  # everything queued meanwhile goes in the same transaction
                 try:
                     batch.append(self._writes.get_nowait())
@@ -166,23 +173,23 @@ class Ledger:
     def _write(self, changes: list[tuple[str, object]]) -> None:
         try:
             with self._connection:
+                added: list[tuple[object, ...]] = []
                 for kind, value in changes:
                     if kind == "add":
-                        self._connection.execute(_INSERT, _row(value))  # type: ignore[arg-type]
-                    elif kind == "forget":
+                        added.append(value)  # type: ignore[arg-type]
+                        continue
+                    self._connection.executemany(_INSERT, added)  # in order: a removal may follow
+                    added.clear()
+                    if kind == "forget":
                         self._connection.executemany(_DELETE, [(key,) for key in value])  # type: ignore[attr-defined]
                     elif kind == "gone":
                         self._connection.executemany(_GONE, [(key,) for key in value])  # type: ignore[attr-defined]
-                        self._connection.execute(_PRUNE, (time.time() - DAY,))
+                if time.monotonic() >= self._next_prune:  # a scan of the whole table: once an hour
+                    self._connection.execute(_PRUNE, (time.time() - DAY,))
+                    self._next_prune = time.monotonic() + PRUNE_SECONDS
+                self._connection.executemany(_INSERT, added)
         except sqlite3.Error:
             log.exception("Could not write the ledger %s", self.path)
-
-
-def _row(record: SlotRecord) -> tuple[object, ...]:
-    return (
-        record.key, record.owner, record.domain, record.size,
-        record.content_type, record.purpose, record.issued, record.expires,
-    )
 
 
 def _connect(path: str) -> sqlite3.Connection:

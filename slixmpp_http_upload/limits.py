@@ -14,6 +14,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 DAY = 86400
 
@@ -36,8 +37,7 @@ class OverLimit:
     retry: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """One admitted slot as the limits see it. ``pool`` is the purpose whose own quotas it counts
     against, "" for the shared ones; ``expires`` None means stored for ever."""
 
@@ -131,29 +131,22 @@ class Quotas:
         self._rate: dict[str, deque[float]] = {}
         self._stored: dict[tuple[str, str], _Stored] = {}
         self._global = _Stored()
+        checks = (
+            (self._check_rate, rate_limit is not None),
+            (self._check_daily, any(limit is not None for limit in daily_quotas.values())),
+            (self._check_total, any(limit is not None for limit in total_quotas.values())),
+            (self._check_global, global_quota is not None),
+        )
+        self._checks = [check for check, on in checks if on]
 
     @property
     def active(self) -> bool:
         """Whether any limit is on (if not, nothing needs counting)."""
-        return (
-            self.rate_limit is not None
-            or self.global_quota is not None
-            or any(limit is not None for limit in (*self.daily_quotas.values(), *self.total_quotas.values()))
-        )
+        return bool(self._checks)
 
     def check(self, usage: Usage) -> OverLimit | None:
         """Whether ``usage`` fits every limit at its ``issued`` time; counts nothing."""
-        now = usage.issued
-        refusals = [
-            refusal
-            for refusal in (
-                self._check_rate(usage.owner, now),
-                self._check_daily(usage, now),
-                self._check_total(usage, now),
-                self._check_global(usage.size, now),
-            )
-            if refusal is not None
-        ]
+        refusals = [refusal for check in self._checks if (refusal := check(usage)) is not None]
         if not refusals:
             return None
         # The request fits once every limit lets it through: name the one that holds longest.
@@ -183,9 +176,9 @@ class Quotas:
         if self.global_quota is not None:
             self._global.discard(usage.size, usage.expires)
 
-    def _check_rate(self, owner: str, now: float) -> OverLimit | None:
-        limit = self.rate_limit
-        times = self._rate.get(owner)
+    def _check_rate(self, usage: Usage) -> OverLimit | None:
+        limit, now = self.rate_limit, usage.issued
+        times = self._rate.get(usage.owner)
         if limit is None or times is None:
             return None
         while times and times[0] <= now - limit.seconds:
@@ -200,7 +193,8 @@ class Quotas:
             _whole(retry),
         )
 
-    def _check_daily(self, usage: Usage, now: float) -> OverLimit | None:
+    def _check_daily(self, usage: Usage) -> OverLimit | None:
+        now = usage.issued
         quota = self.daily_quotas.get(usage.pool_daily)
         window = self._daily.get((usage.owner, usage.pool_daily))
         if quota is None:
@@ -222,7 +216,8 @@ class Quotas:
                 return OverLimit("daily-quota", text, _whole(issued + DAY))
         return OverLimit("daily-quota", text, None)  # not reached: the window holds ``used`` bytes
 
-    def _check_total(self, usage: Usage, now: float) -> OverLimit | None:
+    def _check_total(self, usage: Usage) -> OverLimit | None:
+        now = usage.issued
         quota = self.total_quotas.get(usage.pool_total)
         if quota is None:
             return None
@@ -234,8 +229,8 @@ class Quotas:
         retry = stored.room_at(stored.total + usage.size - quota) if usage.size <= quota else None
         return OverLimit("total-quota", text, _whole(retry))
 
-    def _check_global(self, size: int, now: float) -> OverLimit | None:
-        quota = self.global_quota
+    def _check_global(self, usage: Usage) -> OverLimit | None:
+        quota, size, now = self.global_quota, usage.size, usage.issued
         if quota is None:
             return None
         stored = self._global
