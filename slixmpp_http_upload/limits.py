@@ -14,6 +14,7 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import NamedTuple
 
 DAY = 86400
@@ -30,11 +31,11 @@ class RateLimit:
 @dataclass(frozen=True)
 class OverLimit:
     """A request over a limit: ``reason`` is the metrics label, ``text`` what the user reads,
-    ``retry`` (epoch seconds, whole) when the same request would fit, if ever."""
+    ``retry`` (a whole second) when the same request would fit, if ever."""
 
     reason: str
     text: str
-    retry: float | None
+    retry: datetime | None
 
 
 class Usage(NamedTuple):
@@ -152,7 +153,7 @@ class Quotas:
         # The request fits once every limit lets it through: name the one that holds longest.
         if any(refusal.retry is None for refusal in refusals):
             return next(refusal for refusal in refusals if refusal.retry is None)
-        return max(refusals, key=lambda refusal: refusal.retry or 0.0)
+        return max(refusals, key=lambda refusal: refusal.retry)  # type: ignore[arg-type,return-value]
 
     def count(self, usage: Usage) -> None:
         """Count an admitted slot (also each slot of the ledger on start)."""
@@ -241,9 +242,9 @@ class Quotas:
         return OverLimit("global-quota", f"The service's storage is full ({quota} bytes).", _whole(retry))
 
 
-def _whole(moment: float | None) -> float | None:
+def _whole(moment: float | None) -> datetime | None:
     """The next whole second: a stamp carries whole seconds, and asking earlier would not fit."""
-    return None if moment is None else float(math.ceil(moment))
+    return None if moment is None else datetime.fromtimestamp(math.ceil(moment), timezone.utc)
 
 
 def _duration(seconds: int) -> str:

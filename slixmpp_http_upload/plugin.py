@@ -22,7 +22,6 @@ import asyncio
 import functools
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
@@ -41,8 +40,8 @@ from .config import UploadSettings, parse_upload_settings
 from .dispatch import being_cancelled, make_dispatcher
 from .domains import normalise_domain, same_jid
 from .guard import StreamGuard
-from .metrics import SlotMetrics
 from .limits import OverLimit
+from .metrics import SlotMetrics
 from .options import ConfigError
 from .pending import PendingRequests
 from .purposes import PurposeNotServed, choose
@@ -252,8 +251,7 @@ class HttpUploadServer(BasePlugin):
                 return self._refuse(iq, "policy", "auth", "forbidden", verdict)
             usage = self.accounting.admit(request)
             if isinstance(usage, OverLimit):
-                when = datetime.fromtimestamp(usage.retry, timezone.utc) if usage.retry is not None else None
-                retry = dialect.retry_element(when) if when else None
+                retry = dialect.retry_element(usage.retry) if usage.retry else None
                 return self._refuse(iq, usage.reason, "wait", "resource-constraint", usage.text, retry)
             try:
                 slot = await self.backend.create_slot(request)

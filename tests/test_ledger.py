@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import math
 import socket
 import sqlite3
 import time
@@ -108,7 +109,8 @@ def test_counts_survive_a_restart(tmp_path: Path) -> None:
     ledger.close()
     restarted = Accounting(settings, Ledger(settings.ledger), clock=lambda: clock[0])
     refusal = restarted.admit(request)
-    assert isinstance(refusal, OverLimit) and refusal.retry == int(first) + 300 + (first % 1 > 0)
+    assert isinstance(refusal, OverLimit) and refusal.retry is not None
+    assert refusal.retry.timestamp() == math.ceil(first + 300)
     restarted.ledger.close()
 
 
