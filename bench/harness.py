@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -214,9 +214,12 @@ def iqdisc_toml(iqdisc: str) -> str:
     return f'"{iqdisc}"'
 
 
-def write_ours_config(path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS_JID) -> Path:
+def write_ours_config(
+    path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS_JID, extra: Sequence[str] = ()
+) -> Path:
     """A ``serve`` configuration for the component ``jid`` (``<name>.<domain>``): S3 backend on a
-    dummy bucket (slots are presigned offline, no S3 server is involved)."""
+    dummy bucket (slots are presigned offline, no S3 server is involved); ``extra`` are further
+    TOML lines of its ``[http_upload]`` table (such as limits)."""
     name, _, domain = jid.partition(".")
     if domain != prosody.domain:
         raise ValueError(f"{jid} is not a subdomain of {prosody.domain}")
@@ -232,6 +235,7 @@ def write_ours_config(path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS
                 "[http_upload]",
                 f'host = "{name}.@HOST@"',
                 f"iqdisc = {iqdisc_toml(iqdisc)}",
+                *extra,
                 "",
                 "[http_upload.s3]",
                 f'bucket_url = "{BUCKET_URL}"',

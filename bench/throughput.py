@@ -33,6 +33,8 @@ Run (from the repository root; ~1 minute with the defaults, ~3 with ``--scaling 
     .venv/bin/python bench/throughput.py                      # ours, prosody, both ceilings
     .venv/bin/python bench/throughput.py --scaling            # + iqdisc modes, 2 components
     .venv/bin/python bench/throughput.py --users 8 --inflight 32 --requests 50000 --targets ours,ceiling
+    .venv/bin/python bench/throughput.py --http-upload 'daily_quota = 1099511627776' \
+        --http-upload 'rate_limit = {slots = 1000000, seconds = 300}'   # ours with limits on
 
 Results: printed, and written as JSON to ``--json`` (default ``bench/results/throughput.json``).
 """
@@ -198,9 +200,9 @@ def start_components(client: LoadClientProcess, targets: list[Target]) -> None:
             raise
 
 
-def ours_target(prosody: Prosody, work: Path, iqdisc: str, jid: str) -> Target:
+def ours_target(prosody: Prosody, work: Path, iqdisc: str, jid: str, extra: Sequence[str] = ()) -> Target:
     name = jid.partition(".")[0]
-    config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid)
+    config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid, extra)
     return Target(f"ours ({iqdisc})", jid, harness.ours_process(name, config, work))
 
 
@@ -386,6 +388,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="runs per target, interleaved; the median is shown (default 3)"
     )
     parser.add_argument("--iqdisc", default="one_queue", help="ours: one_queue|parallel|no_queue|queues:N")
+    parser.add_argument(
+        "--http-upload",
+        action="append",
+        default=[],
+        metavar="TOML",
+        help="a further line of ours's [http_upload] table, repeatable (e.g. 'daily_quota = 1099511627776')",
+    )
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling,ceiling_slot")
     parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
     parser.add_argument("--profile", action="store_true", help="py-spy our component during two extra runs (raw, flame graph)")
@@ -417,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "throughput",
         "machine": harness.machine(),
         "load": {k: getattr(args, k) for k in ("users", "inflight", "requests", "warmup", "rounds")},
+        "ours_http_upload": args.http_upload,
         "prosody_log_level": args.prosody_log_level,
         "prosody_config": args.prosody_config,
     }
@@ -429,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as (prosody, client, work):
         try:
             if needs_ours:
-                targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID)
+                targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID, args.http_upload)
             targets["prosody"] = Target("prosody mod_http_file_share", Prosody.share_jid)
             targets["ceiling"] = Target(
                 "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -193,7 +194,10 @@ class Ledger:
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    """Open (or create) a ledger file, WAL journal; shared with the writer thread."""
+    """Open (or create, readable by its owner only: it names every user) a ledger file, WAL
+    journal; shared with the writer thread."""
+    if path != IN_MEMORY and not os.path.exists(path):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     connection = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
     if path != IN_MEMORY:
         connection.execute("PRAGMA journal_mode=WAL")

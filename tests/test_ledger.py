@@ -73,6 +73,7 @@ def test_records_survive_a_restart(tmp_path: Path) -> None:
     assert again.of("@localhost") == [record("a", expires=NOW + 60), record("b", "bob@localhost")]
     again.close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert path.stat().st_mode & 0o777 == 0o600, "the ledger names every user: its owner's only"
 
 
 def test_gone_records_stay_a_day_for_the_limits(tmp_path: Path) -> None:
