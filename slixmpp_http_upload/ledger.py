@@ -12,6 +12,7 @@ again.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -196,8 +197,9 @@ class Ledger:
 def _connect(path: str) -> sqlite3.Connection:
     """Open (or create, readable by its owner only: it names every user) a ledger file, WAL
     journal; shared with the writer thread."""
-    if path != IN_MEMORY and not os.path.exists(path):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    if path != IN_MEMORY:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     connection = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
     if path != IN_MEMORY:
         connection.execute("PRAGMA journal_mode=WAL")
