@@ -94,7 +94,7 @@ def command_sweep(args: argparse.Namespace, config: Config) -> int:
     backend = create_backend(settings)
     _refuse_if_cannot_delete(backend)
     with _ledger(settings) as ledger:
-        removed, waiting = asyncio.run(sweep(ledger, backend, settings.expiration_time, time.time()))
+        removed, waiting = asyncio.run(sweep(ledger, backend, time.time()))
     _print_deleted(removed)
     print(f"{len(removed)} expired files deleted ({sum(r.size for r in removed)} bytes), {waiting} left for later")
     return 0

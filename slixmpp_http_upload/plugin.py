@@ -3,9 +3,11 @@
 A request goes: :class:`~slixmpp_http_upload.guard.StreamGuard` (a filter on the stream)
 answers or drops what would break the stream (malformed addresses, several payloads, too many
 elements); :meth:`HttpUploadServer._on_request` (inline, in stanza order) checks the IQ type, who
-asks and the fields, then hands :meth:`HttpUploadServer._answer` to the iqdisc dispatcher, which
-asks the policy hook and the backend and sends the slot. Every reply is built by
-:mod:`slixmpp_http_upload.replies`, from the request's addresses and id alone.
+asks, the fields and the purpose, then hands :meth:`HttpUploadServer._answer` to the iqdisc
+dispatcher, which asks the policy hook, the limits
+(:class:`~slixmpp_http_upload.accounting.Accounting`) and the backend, records the slot in the
+ledger and sends it. Every reply is built by :mod:`slixmpp_http_upload.replies`, from the
+request's addresses and id alone.
 
 Config: every ``[http_upload]`` option (same checks and messages) — or ``settings``, the same
 already checked (:class:`~slixmpp_http_upload.config.UploadSettings`) — plus ``domain`` (the

@@ -3,9 +3,8 @@
 
 Deleting goes through the backend's optional ``async delete(keys)``, which returns the keys that
 are gone (deleted, or absent already); only those leave the ledger. A key it could not delete
-stays and is tried again :data:`RETRY_DELAY` seconds later. A file is not deleted while its PUT
-URL is still valid (a late upload would bring it back for good): its turn comes when the URL
-expires.
+stays and is tried again :data:`RETRY_DELAY` seconds later. A backend's PUT URL must not outlive
+the file's expiry (``SlotRequest.expires``), or a late upload would bring the file back for good.
 """
 
 from __future__ import annotations
@@ -57,19 +56,13 @@ async def delete_records(
     return ledger.remove((record.key for record in records if record.key in gone), forget=forget)
 
 
-async def sweep(ledger: Ledger, backend: Any, put_window: float, now: float) -> tuple[list[SlotRecord], int]:
+async def sweep(ledger: Ledger, backend: Any, now: float) -> tuple[list[SlotRecord], int]:
     """One pass: delete every file expired at ``now``. Returns what was removed and how many
-    expired files wait for a later pass (PUT URL still valid, or the delete failed)."""
+    expired files wait for a later pass (their delete failed)."""
     due = ledger.pop_due(now)
-    ready = []
-    for record in due:
-        if record.issued + put_window > now:
-            ledger.again(record, record.issued + put_window)
-        else:
-            ready.append(record)
-    removed = await delete_records(ledger, backend, ready)
+    removed = await delete_records(ledger, backend, due)
     gone = {record.key for record in removed}
-    for record in ready:
+    for record in due:
         if record.key not in gone:
             ledger.again(record, now + RETRY_DELAY)
     return removed, len(due) - len(removed)
@@ -78,11 +71,10 @@ async def sweep(ledger: Ledger, backend: Any, put_window: float, now: float) -> 
 class Sweeper:
     """Deletes expired files as they fall due (at most :data:`MAX_SLEEP` late), until cancelled."""
 
-    def __init__(self, ledger: Ledger, backend: Any, put_window: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ledger: Ledger, backend: Any, clock: Callable[[], float] = time.time) -> None:
         deleter(backend)  # refuse a backend that cannot delete before anything is due
         self.ledger = ledger
         self.backend = backend
-        self.put_window = put_window
         self.clock = clock
         self._wake = asyncio.Event()
         self._planned = float("inf")
@@ -91,7 +83,7 @@ class Sweeper:
     async def run(self) -> None:
         while True:
             now = self.clock()
-            removed, waiting = await sweep(self.ledger, self.backend, self.put_window, now)
+            removed, waiting = await sweep(self.ledger, self.backend, now)
             if removed or waiting:
                 size = sum(record.size for record in removed)
                 log.info("expired: %d files deleted (%d bytes), %d left for later", len(removed), size, waiting)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -180,10 +181,15 @@ class S3Backend:
         return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=object_url, key=key_path)
 
     def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
-        """The presigned query string of the PUT of ``request`` to the encoded ``key_path``."""
+        """The presigned query string of the PUT of ``request`` to the encoded ``key_path``,
+        valid ``expiration_time`` seconds, or until the file's expiry if that comes sooner."""
         header_block, signed_headers = self.signed_put_headers(request)
+        expires = self.expiration_time
+        if request.expires is not None:  # no upload may bring back a file after its expiry
+            left = request.expires - (time.time() if now is None else now)
+            expires = max(1, min(expires, int(left)))
         return self.signer.presign(
-            "PUT", key_path, header_block, signed_headers, self.expiration_time, now=now, extra_params=self.put_params
+            "PUT", key_path, header_block, signed_headers, expires, now=now, extra_params=self.put_params
         )
 
     def signed_put_headers(self, request: SlotRequest) -> tuple[str, str]:

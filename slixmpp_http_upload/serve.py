@@ -116,7 +116,7 @@ async def _serve(config: Config) -> int:
 def _sweeper(settings: UploadSettings, ledger: Ledger, backend: Backend) -> Sweeper | None:
     """The sweeper, unless the backend cannot delete and no file ever expires."""
     try:
-        return Sweeper(ledger, backend, settings.expiration_time)
+        return Sweeper(ledger, backend)
     except CannotDelete as error:
         if any(rules.expire_after is not None or rules.name == "ephemeral" for rules in settings.purposes.values()):
             raise ConfigError("http_upload.expire_after", f"files expire, but {error}") from None

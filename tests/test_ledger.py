@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from slixmpp import JID
@@ -128,29 +128,26 @@ def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path)
 
 def test_sweep_deletes_due_files_and_keeps_failures_for_later(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
-    ledger.add(record("due", expires=NOW - 1, issued=NOW - 100))
-    ledger.add(record("fails", expires=NOW - 1, issued=NOW - 100))
-    ledger.add(record("uploading", expires=NOW - 1, issued=NOW - 2))  # its PUT URL is valid 10 s
+    ledger.add(record("due", expires=NOW - 1))
+    ledger.add(record("fails", expires=NOW))
     ledger.add(record("later", expires=NOW + 50))
     ledger.add(record("never"))
     backend = Backend(failing=["fails"])
-    removed, waiting = asyncio.run(sweep(ledger, backend, 10, NOW))
-    assert ([r.key for r in removed], waiting) == (["due"], 2)
+    removed, waiting = asyncio.run(sweep(ledger, backend, NOW))
+    assert ([r.key for r in removed], waiting) == (["due"], 1)
     assert backend.calls == [["due", "fails"]]
-    assert sorted(ledger.records) == ["fails", "later", "never", "uploading"]
-    assert ledger.next_due() == NOW + 8  # the PUT URL's end
-    removed, waiting = asyncio.run(sweep(ledger, backend, 10, NOW + 8))
-    assert ([r.key for r in removed], waiting) == (["uploading"], 0)  # "fails" is due again at NOW + 60
-    backend.failing = {"everything"}
-    assert asyncio.run(sweep(ledger, backend, 10, NOW + 50)) == ([], 1), "a failing backend keeps every record"
     assert sorted(ledger.records) == ["fails", "later", "never"]
+    assert ledger.next_due() == NOW + 50
+    backend.failing = {"everything"}
+    assert asyncio.run(sweep(ledger, backend, NOW + 50)) == ([], 1), "a failing backend keeps every record"
+    assert sorted(ledger.records) == ["fails", "later", "never"]
+    assert ledger.next_due() == NOW + RETRY_DELAY  # "fails", again
     backend.failing = set()
-    removed, _ = asyncio.run(sweep(ledger, backend, 10, NOW + RETRY_DELAY + 50))
+    removed, _ = asyncio.run(sweep(ledger, backend, NOW + RETRY_DELAY + 50))
     assert sorted(r.key for r in removed) == ["fails", "later"]
     assert sorted(ledger.records) == ["never"] and ledger.next_due() is None
     ledger.close()
-    gone = [("due", 1), ("fails", 1), ("later", 1), ("never", 0), ("uploading", 1)]
-    assert rows(tmp_path / "l.sqlite") == gone, "kept a day, marked gone"
+    assert rows(tmp_path / "l.sqlite") == [("due", 1), ("fails", 1), ("later", 1), ("never", 0)], "kept a day, gone"
 
 
 # ------------------------------------------------------------------ S3 (SeaweedFS)
@@ -177,6 +174,13 @@ def test_s3_delete(seaweedfs: SeaweedFS) -> None:
     keys = [slot.key for slot in slots]  # the third was never uploaded: gone already
     assert asyncio.run(backend.delete(keys)) == keys
     assert [anonymous_request("GET", slot.get_url)[0] for slot in slots] == [404, 404, 404]
+
+
+def test_s3_put_url_never_outlives_the_file(seaweedfs: SeaweedFS) -> None:
+    backend = s3_backend(seaweedfs)  # expiration_time: 60
+    for expires, signed_for in ((None, "60"), (NOW + 600, "60"), (NOW + 5.9, "5"), (NOW - 3, "1")):
+        slot = backend.make_slot(SlotRequest("a.txt", 3, None, DOMAIN, expires=expires), now=NOW)
+        assert parse_qs(urlsplit(slot.put_url).query)["X-Amz-Expires"] == [signed_for]
 
 
 def test_s3_delete_when_s3_is_down(seaweedfs: SeaweedFS) -> None:

@@ -24,7 +24,6 @@ NS = "urn:xmpp:http:upload:0"
 USERS = {"carol": "carol-password", "dave": "dave-password", "erin": "erin-password"}
 EXPIRE_AFTER = 6
 """Seconds a ``message`` file is kept (``profile`` files are kept for ever)."""
-PUT_WINDOW = 3
 SWEEP_DEADLINE = 75.0
 """A file must be gone within a minute of its expiry (plus the test's own polling)."""
 
@@ -58,7 +57,7 @@ def service(prosody: Prosody, seaweedfs: SeaweedFS, start_serve: Any, users: dic
     document = serve_config(prosody, seaweedfs_s3(seaweedfs), max_file_size=1 << 20)
     document["http_upload"].update(
         {
-            "expiration_time": PUT_WINDOW,
+            "expiration_time": 60,
             "purposes": ["message", "profile"],
             "expire_after": EXPIRE_AFTER,
             "rate_limit": {"slots": 5, "seconds": 300},
