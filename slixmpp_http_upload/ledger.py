@@ -88,8 +88,7 @@ class Ledger:
             self._connection.execute(_PRUNE, (time.time() - DAY,))
         self._next_prune = time.monotonic() + PRUNE_SECONDS
         self._writes: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="ledger writer", daemon=True)
-        self._writer.start()
+        self._writer: threading.Thread | None = None  # started by the first change
 
     def add(self, record: SlotRecord) -> None:
         """Record a slot (written to the file soon after)."""
@@ -98,7 +97,7 @@ class Ledger:
             heapq.heappush(self._due, (record.expires, record.key))
             if self._watcher is not None:
                 self._watcher(record.expires)
-        self._writes.put(("add", record))
+        self._send(("add", record))
 
     def watch(self, watcher: Callable[[float], None]) -> None:
         """Have ``watcher(expires)`` called for each new record that expires."""
@@ -109,7 +108,7 @@ class Ledger:
         file keeps them a day as gone, for the limits' windows, unless ``forget``."""
         removed = [record for key in keys if (record := self.records.pop(key, None)) is not None]
         if removed:
-            self._writes.put(("forget" if forget else "gone", [record.key for record in removed]))
+            self._send(("forget" if forget else "gone", [record.key for record in removed]))
         return removed
 
     def of(self, who: str) -> list[SlotRecord]:
@@ -141,15 +140,24 @@ class Ledger:
 
     def flush(self) -> None:
         """Wait until every change so far is in the file."""
-        done = threading.Event()
-        self._writes.put(("flush", done))
-        done.wait()
+        if self._writer is not None:
+            done = threading.Event()
+            self._writes.put(("flush", done))
+            done.wait()
 
     def close(self) -> None:
         """Write what is pending and close the file."""
-        if self._writer.is_alive():
+        if self._writer is None:
+            self._connection.close()
+        elif self._writer.is_alive():
             self._writes.put(None)
             self._writer.join()
+
+    def _send(self, change: tuple[str, object]) -> None:
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="ledger writer", daemon=True)
+            self._writer.start()
+        self._writes.put(change)
 
     def _write_loop(self) -> None:
         while True:
