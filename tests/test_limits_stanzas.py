@@ -15,6 +15,7 @@ from test_plugin_stanzas import (
     NS_PURPOSE,
     NS_V02,
     SERVICE,
+    FailingBackend,
     UploadTest,
     disco_query,
     disco_xml,
@@ -92,6 +93,17 @@ class TestRateLimit(LimitTest):
         self.granted("9", "f9.txt", 3)
         self.ask("10", "f10.txt", 3)  # now the second one must leave
         self.expect(error_xml("10", "wait", "resource-constraint", text, retry(NS, 310)))
+
+
+class TestBackendFailure(LimitTest):
+    def test_a_slot_the_backend_could_not_make_counts_for_nothing(self) -> None:
+        self.start_limited(rate_limit={"slots": 1, "seconds": 60}, daily_quota=10, total_quota=10, global_quota=10)
+        self.plugin.backend = FailingBackend()
+        self.ask("1", "fail.txt", 10)
+        self.expect(error_xml("1", "wait", "internal-server-error", "Could not make a slot now."))
+        self.assertEqual(self.ledger.records, {})
+        self.granted("2", "a.txt", 10)
+        self.assertEqual([record.size for record in self.ledger.records.values()], [10])
 
 
 class TestDailyQuota(LimitTest):
