@@ -111,6 +111,11 @@ class Ledger:
             self._send(("forget" if forget else "gone", [record.key for record in removed]))
         return removed
 
+    def expires(self, key: str) -> float | None:
+        """When the file of ``key`` stops being served (None: never, or not recorded)."""
+        record = self.records.get(key)
+        return record.expires if record is not None else None
+
     def of(self, who: str) -> list[SlotRecord]:
         """The records of a bare JID, or of a whole domain given as ``@domain``."""
         if who.startswith("@"):

@@ -8,18 +8,21 @@ no I/O: a random token and one HMAC from a precomputed key state.
 
 The URL key is ``url_key`` from ``[http_upload.local]``, else a random key kept in the root
 (see :meth:`~slixmpp_http_upload.filestore.FileStore.url_key`), so URLs survive restarts.
-Unlike other factories, :meth:`LocalBackend.from_settings` touches the disk: it creates the
+Deleting (expiry, ``purge``) removes a token's folder; a file whose :attr:`LocalBackend.expiry`
+has passed is refused (404) even before that. Unlike other factories,
+:meth:`LocalBackend.from_settings` touches the disk: it creates the
 root and reads or makes the key, so a root that cannot be written is a configuration error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -108,6 +111,9 @@ class LocalBackend:
         self.public_url = public_url
         self.expiration_time = expiration_time
         self.token_bytes = token_bytes
+        self.expiry: Callable[[str], float | None] = _kept
+        """When the file of a token stops being served (epoch seconds, None for never): ``serve``
+        points it at the ledger, so that an expired file is refused before it is deleted."""
 
     @classmethod
     def from_settings(cls, settings: UploadSettings, options: Mapping[str, Any], path: str) -> LocalBackend:
@@ -136,6 +142,22 @@ class LocalBackend:
         token = secrets.token_hex(self.token_bytes)
         name = object_name(request.filename)
         expires = int(time.time() if now is None else now) + self.expiration_time
+        if request.expires is not None:  # no upload may bring back a file after its expiry
+            expires = min(expires, int(request.expires))
         get_url = f"{self.public_url}/{token}/{uri_encode(name)}"
         query = self.signer.put_query(token, name, request.size, request.content_type, expires)
-        return Slot(put_url=f"{get_url}?{query}", get_url=get_url)
+        return Slot(put_url=f"{get_url}?{query}", get_url=get_url, key=token)
+
+    async def delete(self, keys: Sequence[str]) -> list[str]:
+        """Remove the uploads of the tokens ``keys`` (those absent are gone already)."""
+
+        def unlink_all() -> list[str]:
+            for token in keys:
+                self.store.delete(token)
+            return list(keys)
+
+        return await asyncio.to_thread(unlink_all)
+
+
+def _kept(token: str) -> float | None:
+    return None

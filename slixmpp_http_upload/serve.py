@@ -133,6 +133,7 @@ async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper
     async with contextlib.AsyncExitStack() as running:
         running.callback(_start_metrics(config.metrics, counters))
         if isinstance(backend, LocalBackend):  # the files are here: serve them
+            backend.expiry = accounting.ledger.expires
             http = HttpServer(config.http, backend, counters if config.metrics.port is not None else None)
             await http.start()
             running.push_async_callback(http.stop)

@@ -117,7 +117,7 @@ def behind_nginx(start_serve, xmpp_down: int, tmp_path: Path) -> Iterator[tuple[
     if find_nginx() is None:
         pytest.skip("nginx not found; ./tests/run installs it")
     http_port, https_port = free_ports(2)
-    quick_start, http, _s3 = readme_blocks("toml")
+    quick_start, http = readme_blocks("toml")[:2]
     config = substituted(quick_start, {"port = 5347": f"port = {xmpp_down}", '"example.com"': f'"{DOMAIN}"'})
     config += substituted(http, {"https://upload.example.com": f"https://localhost:{https_port}"})
     config += f"port = {http_port}\n"  # not the default 8080: the machine is shared

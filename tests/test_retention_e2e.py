@@ -45,7 +45,7 @@ class Service:
 
     @property
     def config(self) -> Path:
-        return self.process._out.with_suffix(".toml")
+        return self.process.config
 
     def restart(self) -> None:
         self.process.stop()

@@ -10,13 +10,15 @@ beyond the end); a ``Range`` with several is answered with the whole file.
 
 Small files (≤ :data:`SMALL_FILE` bytes) are read and sent as one plain response; larger ones
 go out with ``sendfile`` — each is the faster way for its size (see the project's measurements).
-Unknown, unfinished or malformed paths are 404.
+Unknown, unfinished, expired or malformed paths are 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Callable
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -48,12 +50,15 @@ def content_disposition(name: str, content_type: str) -> str:
 class DownloadHandler:
     """The GET/HEAD handler of one HTTP server."""
 
-    def __init__(self, store: FileStore, prefix: str) -> None:
+    def __init__(self, store: FileStore, prefix: str, expiry: Callable[[str], float | None]) -> None:
         self.store = store
         self.prefix = prefix
+        self.expiry = expiry
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_target(request.rel_url.raw_path, self.prefix)
+        if target is not None and (expires := self.expiry(target.token)) is not None and expires <= time.time():
+            target = None  # expired: gone for readers, even before the sweeper deletes it
         stored = self.store.open(target.token, target.name) if target else None
         if stored is None:
             return web.Response(status=404, text="no such file\n", headers=SECURITY_HEADERS)

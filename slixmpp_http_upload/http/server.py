@@ -59,7 +59,7 @@ def make_app(
         app.router.add_get("/metrics", metrics_handler(metrics))
     upload = UploadHandler(backend.store, backend.signer, prefix, settings.max_uploads, idle_timeout)
     app.router.add_route("PUT", "/{path:.*}", upload.handle, expect_handler=_no_early_continue)
-    app.router.add_get("/{path:.*}", DownloadHandler(backend.store, prefix).handle)
+    app.router.add_get("/{path:.*}", DownloadHandler(backend.store, prefix, backend.expiry).handle)
     app.router.add_route("OPTIONS", "/{path:.*}", cors.preflight)
     return app
 
