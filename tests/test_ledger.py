@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from slixmpp import JID
 
 from helpers import DOMAIN, run_cli, seaweedfs_s3, write_toml
