@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import NamedTuple
 
 DAY = 86400
+PRUNE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Quotas:
         self._rate: dict[str, deque[float]] = {}
         self._stored: dict[tuple[str, str], _Stored] = {}
         self._global = _Stored()
+        self._next_prune = 0.0
         checks = (
             (self._check_rate, rate_limit is not None),
             (self._check_daily, any(limit is not None for limit in daily_quotas.values())),
@@ -165,6 +167,26 @@ class Quotas:
             self._stored.setdefault((usage.owner, usage.pool_total), _Stored()).add(usage.size, usage.expires)
         if self.global_quota is not None:
             self._global.add(usage.size, usage.expires)
+        if usage.issued >= self._next_prune:
+            self.prune(usage.issued)
+
+    def prune(self, now: float) -> None:
+        """Forget what no limit counts any more, for every user (the checks do it only for the
+        user who asks): runs from :meth:`count` once every :data:`PRUNE_SECONDS`."""
+        self._next_prune = now + PRUNE_SECONDS
+        if (limit := self.rate_limit) is not None:
+            for owner, times in list(self._rate.items()):
+                _leave(times, now - limit.seconds)
+                if not times:
+                    del self._rate[owner]
+        for key, window in list(self._daily.items()):
+            window.advance(now - DAY)
+            if not window.entries:
+                del self._daily[key]
+        for key, stored in list(self._stored.items()):
+            stored.advance(now)
+            if not stored.total:
+                del self._stored[key]
 
     def uncount(self, usage: Usage) -> None:
         """Take back a counted slot that was not handed out after all (the backend failed)."""
@@ -182,8 +204,7 @@ class Quotas:
         times = self._rate.get(usage.owner)
         if limit is None or times is None:
             return None
-        while times and times[0] <= now - limit.seconds:
-            times.popleft()
+        _leave(times, now - limit.seconds)
         if len(times) < limit.slots:
             return None
         # The oldest of the last ``slots`` slots must leave the window first.
@@ -240,6 +261,12 @@ class Quotas:
             return None
         retry = stored.room_at(stored.total + size - quota) if size <= quota else None
         return OverLimit("global-quota", f"The service's storage is full ({quota} bytes).", _whole(retry))
+
+
+def _leave(times: deque[float], start: float) -> None:
+    """Forget the slots issued at or before ``start``."""
+    while times and times[0] <= start:
+        times.popleft()
 
 
 def _whole(moment: float | None) -> datetime | None:

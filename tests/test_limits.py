@@ -1,0 +1,25 @@
+"""The limits' counters on their own: what they forget, and when."""
+
+from __future__ import annotations
+
+from slixmpp_http_upload.limits import DAY, PRUNE_SECONDS, Quotas, RateLimit, Usage
+
+T0 = 1_800_000_000.0
+
+
+def usage(owner: str, issued: float, expires: float | None = None, size: int = 10) -> Usage:
+    return Usage(owner, "", "", size, issued, expires)
+
+
+def test_users_who_never_come_back_are_forgotten() -> None:
+    quotas = Quotas(daily_quotas={"": 1000}, total_quotas={"": 1000}, rate_limit=RateLimit(5, 60), global_quota=10_000)
+    quotas.count(usage("alice@localhost", T0, expires=T0 + 100))
+    quotas.count(usage("bob@localhost", T0 + 1))  # kept for ever: stays counted
+    assert quotas.check(usage("alice@localhost", T0 + 2, size=991)) is not None  # 10 + 991 > 1000 a day
+    quotas.count(usage("carol@localhost", T0 + PRUNE_SECONDS))  # an hour on: the first prune
+    assert set(quotas._rate) == {"carol@localhost"}
+    assert set(quotas._daily) == {("alice@localhost", ""), ("bob@localhost", ""), ("carol@localhost", "")}
+    assert set(quotas._stored) == {("bob@localhost", ""), ("carol@localhost", "")}
+    quotas.count(usage("carol@localhost", T0 + DAY + PRUNE_SECONDS))
+    assert set(quotas._daily) == {("carol@localhost", "")}
+    assert quotas.check(usage("alice@localhost", T0 + DAY + PRUNE_SECONDS, size=990)) is None
