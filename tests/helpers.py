@@ -264,11 +264,22 @@ class XmppClients(ClientPool):
         return xmpp
 
 
-async def upload_and_fetch(xmpp: ClientXMPP, path: Path) -> str:
-    """Upload ``path`` like a user would (discovery through the server's disco#items), check
-    that the GET URL serves the same bytes without credentials, and return that URL."""
+async def service_user(clients: XmppClients, server: XmppServer, user: str) -> ClientXMPP:
+    """``user`` logged in with ``clients`` (the ``xmpp_clients`` fixture) once the upload
+    component answers disco#info."""
+    xmpp = await clients.connect(server, user)
+    await clients.wait_for_service(xmpp, UPLOAD_JID, timeout=30)
+    return xmpp
+
+
+async def upload_and_fetch(xmpp: ClientXMPP, path: Path, purpose: str | None = None) -> str:
+    """Upload ``path`` like a user would (discovery through the server's disco#items; for
+    ``purpose``, when given), check that the GET URL serves the same bytes without credentials,
+    and return that URL."""
     with path.open("rb") as file:  # given, else slixmpp opens the file and never closes it
-        url = await xmpp.plugin["xep_0363"].upload_file(path, input_file=file, domain=DOMAIN, timeout=10)
+        url = await xmpp.plugin["xep_0363"].upload_file(
+            path, input_file=file, domain=DOMAIN, purpose=purpose, timeout=10
+        )
     assert xmpp.plugin["xep_0363"].upload_service == UPLOAD_JID
     status, body = await asyncio.to_thread(anonymous_request, "GET", url)
     assert (status, body) == (200, path.read_bytes())

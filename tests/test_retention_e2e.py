@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0363.http_upload import PurposeNotSupported
 
-from helpers import DOMAIN, UPLOAD_JID, run_cli, seaweedfs_s3, serve_config
+from helpers import UPLOAD_JID, run_cli, seaweedfs_s3, serve_config, service_user, upload_and_fetch
 from servers import Prosody, SeaweedFS, anonymous_request
 
 NS = "urn:xmpp:http:upload:0"
@@ -67,19 +66,6 @@ def service(prosody: Prosody, seaweedfs: SeaweedFS, start_serve: Any, users: dic
     return Service(start_serve, document)
 
 
-async def login(xmpp_clients: Any, prosody: Prosody, user: str) -> ClientXMPP:
-    xmpp = await xmpp_clients.connect(prosody, user)
-    await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID, timeout=30)
-    return xmpp
-
-
-async def upload(xmpp: ClientXMPP, path: Path, purpose: str | None = None) -> str:
-    with path.open("rb") as file:
-        url = await xmpp.plugin["xep_0363"].upload_file(path, input_file=file, domain=DOMAIN, purpose=purpose, timeout=10)
-    assert await asyncio.to_thread(anonymous_request, "GET", url) == (200, path.read_bytes())
-    return url
-
-
 def status(url: str) -> int:
     return anonymous_request("GET", url)[0]
 
@@ -97,10 +83,10 @@ def a_file(tmp_path: Path, name: str, size: int = 100) -> Path:
 async def test_profile_accepted_and_kept_unserved_purpose_refused(
     service: Service, prosody: Prosody, xmpp_clients: Any, tmp_path: Path
 ) -> None:
-    carol = await login(xmpp_clients, prosody, "carol")
-    avatar = await upload(carol, a_file(tmp_path, "avatar.png"), purpose="profile")
+    carol = await service_user(xmpp_clients, prosody, "carol")
+    avatar = await upload_and_fetch(carol, a_file(tmp_path, "avatar.png"), purpose="profile")
     with pytest.raises(PurposeNotSupported):
-        await upload(carol, a_file(tmp_path, "post.txt"), purpose="permanent")
+        await upload_and_fetch(carol, a_file(tmp_path, "post.txt"), purpose="permanent")
     await asyncio.sleep(EXPIRE_AFTER + 1)
     assert await asyncio.to_thread(status, avatar) == 200
     code, out, _ = await cli("usage", "-c", str(service.config), "carol@localhost")
@@ -108,9 +94,9 @@ async def test_profile_accepted_and_kept_unserved_purpose_refused(
 
 
 async def test_sixth_slot_in_five_minutes(service: Service, prosody: Prosody, xmpp_clients: Any, tmp_path: Path) -> None:
-    dave = await login(xmpp_clients, prosody, "dave")
+    dave = await service_user(xmpp_clients, prosody, "dave")
     first = time.time()
-    await upload(dave, a_file(tmp_path, "kept.png"), purpose="profile")
+    await upload_and_fetch(dave, a_file(tmp_path, "kept.png"), purpose="profile")
     for n in range(4):
         await dave.plugin["xep_0363"].request_slot(UPLOAD_JID, f"f{n}.txt", 10, timeout=10)
     with pytest.raises(IqError) as refused:
@@ -126,13 +112,14 @@ async def test_sixth_slot_in_five_minutes(service: Service, prosody: Prosody, xm
 async def test_expired_message_file_is_deleted_from_s3(
     service: Service, prosody: Prosody, xmpp_clients: Any, tmp_path: Path
 ) -> None:
-    erin = await login(xmpp_clients, prosody, "erin")
-    url = await upload(erin, a_file(tmp_path, "photo.jpg"))
+    erin = await service_user(xmpp_clients, prosody, "erin")
+    url = await upload_and_fetch(erin, a_file(tmp_path, "photo.jpg"))
     deadline = time.monotonic() + SWEEP_DEADLINE
     while await asyncio.to_thread(status, url) == 200:
         assert time.monotonic() < deadline, "the expired file is still served"
         await asyncio.sleep(1)
     assert await asyncio.to_thread(status, url) == 404
+    await asyncio.sleep(0.5)  # serve's ledger writer: the deleted file's record is written as gone
     code, out, _ = await cli("usage", "-c", str(service.config), "erin@localhost")
     assert (code, out) == (0, "erin@localhost: 0 files, 0 bytes\n")
 
@@ -142,7 +129,7 @@ async def test_restart_keeps_records_and_counts(
 ) -> None:
     before = await cli("usage", "-c", str(service.config), "dave@localhost")
     await asyncio.to_thread(service.restart)
-    dave = await login(xmpp_clients, prosody, "dave")
+    dave = await service_user(xmpp_clients, prosody, "dave")
     with pytest.raises(IqError) as refused:  # the rate limit still counts the slots of before
         await dave.plugin["xep_0363"].request_slot(UPLOAD_JID, "again.txt", 10, timeout=10)
     assert refused.value.iq["error"]["condition"] == "resource-constraint"
@@ -153,10 +140,10 @@ async def test_restart_keeps_records_and_counts(
 async def test_purge_removes_exactly_one_users_files(
     service: Service, prosody: Prosody, xmpp_clients: Any, tmp_path: Path
 ) -> None:
-    carol = await login(xmpp_clients, prosody, "carol")
-    erin = await login(xmpp_clients, prosody, "erin")
-    carols = [await upload(carol, a_file(tmp_path, f"c{n}.png"), purpose="profile") for n in range(2)]
-    erins = await upload(erin, a_file(tmp_path, "e.png"), purpose="profile")
+    carol = await service_user(xmpp_clients, prosody, "carol")
+    erin = await service_user(xmpp_clients, prosody, "erin")
+    carols = [await upload_and_fetch(carol, a_file(tmp_path, f"c{n}.png"), purpose="profile") for n in range(2)]
+    erins = await upload_and_fetch(erin, a_file(tmp_path, "e.png"), purpose="profile")
     await asyncio.sleep(0.5)  # the ledger's writer thread in serve
     code, out, err = await cli("purge", "-c", str(service.config), "carol@localhost")
     assert code == 0, err

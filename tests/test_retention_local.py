@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from slixmpp import ClientXMPP
 
-from helpers import DOMAIN, UPLOAD_JID, run_cli, serve_config
+from helpers import run_cli, serve_config, service_user, upload_and_fetch
 from servers import Prosody, anonymous_request, free_ports
 
 USERS = {"frank": "frank-password", "grace": "grace-password", "heidi": "heidi-password"}
@@ -38,19 +38,10 @@ def service(prosody: Prosody, start_serve: Any) -> Any:
     return start_serve(document)
 
 
-async def login(xmpp_clients: Any, prosody: Prosody, user: str) -> ClientXMPP:
-    xmpp = await xmpp_clients.connect(prosody, user)
-    await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID, timeout=30)
-    return xmpp
-
-
 async def upload(xmpp: ClientXMPP, tmp_path: Path, name: str, purpose: str | None = None) -> str:
     path = tmp_path / name
     path.write_bytes(secrets.token_bytes(100))
-    with path.open("rb") as file:
-        url = await xmpp.plugin["xep_0363"].upload_file(path, input_file=file, domain=DOMAIN, purpose=purpose, timeout=10)
-    assert await asyncio.to_thread(anonymous_request, "GET", url) == (200, path.read_bytes())
-    return url
+    return await upload_and_fetch(xmpp, path, purpose)
 
 
 def stored(service: Any, url: str) -> bool:
@@ -60,7 +51,7 @@ def stored(service: Any, url: str) -> bool:
 
 
 async def test_expired_file_refused_then_deleted(service: Any, prosody: Prosody, xmpp_clients: Any, tmp_path: Path) -> None:
-    frank = await login(xmpp_clients, prosody, "frank")
+    frank = await service_user(xmpp_clients, prosody, "frank")
     url = await upload(frank, tmp_path, "photo.jpg")
     kept = await upload(frank, tmp_path, "avatar.png", purpose="profile")
     deadline = time.monotonic() + DEADLINE
@@ -74,8 +65,8 @@ async def test_expired_file_refused_then_deleted(service: Any, prosody: Prosody,
 async def test_purge_removes_exactly_one_users_files(
     service: Any, prosody: Prosody, xmpp_clients: Any, tmp_path: Path
 ) -> None:
-    grace = await login(xmpp_clients, prosody, "grace")
-    heidi = await login(xmpp_clients, prosody, "heidi")
+    grace = await service_user(xmpp_clients, prosody, "grace")
+    heidi = await service_user(xmpp_clients, prosody, "heidi")
     graces = [await upload(grace, tmp_path, f"g{n}.png", purpose="profile") for n in range(2)]
     heidis = await upload(heidi, tmp_path, "h.png", purpose="profile")
     await asyncio.sleep(0.5)  # the ledger's writer thread in serve
