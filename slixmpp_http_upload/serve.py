@@ -105,6 +105,7 @@ async def _serve(config: Config) -> int:
     component = config.component
     backend = create_backend(config.http_upload)
     ledger = open_ledger(config.http_upload)
+    log.info("ledger %s: %d files recorded", ledger.path, len(ledger.records))
     try:
         sweeper = _sweeper(config.http_upload, ledger, backend)
         accounting = Accounting(config.http_upload, ledger)

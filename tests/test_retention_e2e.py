@@ -155,3 +155,7 @@ async def test_purge_removes_exactly_one_users_files(
     assert await asyncio.to_thread(status, erins) == 200
     code, out, _ = await cli("usage", "-c", str(service.config), "carol@localhost")
     assert out == "carol@localhost: 0 files, 0 bytes\n"
+
+
+def test_serve_says_where_the_ledger_is(service: Service) -> None:
+    assert f"ledger {service.config.parent / 'slixmpp-http-upload-ledger.sqlite'}: " in service.process.stderr
