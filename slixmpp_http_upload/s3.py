@@ -206,6 +206,7 @@ class S3Backend:
     async def delete(self, keys: Sequence[str]) -> list[str]:
         """Delete the objects at the encoded key paths ``keys`` with signed DELETEs,
         :data:`DELETE_CONCURRENCY` at a time; returns those gone (deleted, or absent already)."""
+        self.sign_with(await self.credentials.current())
         limit = asyncio.Semaphore(DELETE_CONCURRENCY)
 
         async def delete_one(key: str) -> bool:
