@@ -123,10 +123,10 @@ class StreamGuard:
 
     @staticmethod
     def _refuse(stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str) -> None:
-        xml = stanza.xml
-        if request:
+        xml, stream = stanza.xml, stanza.stream
+        if request and stream is not None:  # (a received stanza always has its stream)
             log.debug("Refused an IQ from %.200r: %s", xml.get("from"), why)
-            stanza.stream.send(replies.error(stanza, error_type, condition))
+            stream.send(replies.error(stanza, error_type, condition))
         else:
             log.warning("Dropped a <%s/> from %.200r: %s", xml.tag.rpartition('}')[2], xml.get("from"), why)
 

@@ -55,4 +55,4 @@ def _reply(request: StanzaBase, kind: str) -> Iq:
         attributes["from"] = recipient  # a client's server adds our address itself
     if sender := received.get("from"):
         attributes["to"] = sender
-    return Iq(stream, xml=ET.Element(f"{{{stream.default_ns}}}iq", attributes), recv=True)
+    return Iq(stream, xml=ET.Element(f"{{{request.namespace}}}iq", attributes), recv=True)
