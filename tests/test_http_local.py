@@ -319,6 +319,13 @@ async def test_ranges_and_conditions(served: Served, size: int) -> None:
     assert changed.status == 200 and data == body
 
 
+async def test_a_zero_length_suffix_range_is_unsatisfiable(served: Served) -> None:
+    """RFC 9110 §14.1.1: a suffix range is satisfiable only with a non-zero length."""
+    slot = await served.upload(b"0123456789", "r.bin")
+    empty, data = await served.get(slot.get_url, Range="bytes=-0")
+    assert empty.status == 416 and empty.headers["Content-Range"] == "bytes */10" and data == b""
+
+
 @pytest.mark.parametrize(
     "content_type, disposition",
     [

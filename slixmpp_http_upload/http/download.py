@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -115,24 +116,35 @@ class DownloadHandler:
         return date is not None and int(mtime) <= date.timestamp()
 
 
-def _asked_range(request: web.Request) -> slice | None:
-    """The one byte range asked for; None for none, several or a malformed one (RFC 9110 lets
-    a server ignore those and send the whole file)."""
-    if "Range" not in request.headers:
+_ONE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+
+
+def _asked_range(request: web.Request) -> tuple[int | None, int | None] | None:
+    """The one byte range asked for as ``(first, last)``, ``first`` None for the last ``last``
+    bytes; None for none, several or a malformed one (RFC 9110 lets a server ignore those and
+    send the whole file)."""
+    match = _ONE_RANGE.fullmatch(request.headers.get("Range", "").strip())
+    if match is None or match[0] == "bytes=-":
         return None
     try:
-        asked = request.http_range
-    except ValueError:
+        first, last = (int(value) if value else None for value in match.groups())
+    except ValueError:  # more digits than Python converts: no real range
         return None
-    return asked if asked.start is not None else None
+    if first is not None and last is not None and last < first:
+        return None
+    return first, last
 
 
-def _bounds(asked: slice, size: int) -> tuple[int, int] | None:
-    """``(start, count)`` of ``asked`` within ``size`` bytes; None when it lies beyond the end."""
-    start, stop = asked.start, asked.stop
-    if start < 0:  # the last -start bytes
-        start, stop = max(size + start, 0), size
-    stop = size if stop is None else min(stop, size)
+def _bounds(asked: tuple[int | None, int | None], size: int) -> tuple[int, int] | None:
+    """``(start, count)`` of ``asked`` within ``size`` bytes; None when it is unsatisfiable
+    (it starts at or beyond the end, or asks for the last 0 bytes)."""
+    first, last = asked
+    if first is None:  # the last ``last`` bytes
+        if not last:
+            return None
+        start, stop = max(size - last, 0), size
+    else:
+        start, stop = first, size if last is None else min(last + 1, size)
     if start >= size or stop <= start:
         return None
     return (start, stop - start)
