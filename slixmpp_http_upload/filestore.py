@@ -10,7 +10,7 @@ Layout of the root folder::
 An upload writes ``data`` and ``meta`` into its own folder under ``.tmp``, fsyncs both and the
 folder, then renames the folder to ``<token>`` in one step (and fsyncs the root): after a crash
 a token folder is either complete or absent, and :meth:`FileStore.clean_temporary` removes the
-leftovers at the next start. The rename fails when ``<token>`` exists, so of two uploads to one
+leftovers at the next start (unless another server has the root open). The rename fails when ``<token>`` exists, so of two uploads to one
 slot only the first counts.
 
 Every lookup goes from the root's open folder with ``O_NOFOLLOW`` on each step (token folder,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -86,15 +87,28 @@ class FileStore:
         os.fsync(self.root_fd)
         return key
 
-    def clean_temporary(self) -> int:
-        """Remove the uploads a previous run left unfinished; how many there were."""
-        folder = self.root / TEMPORARY
-        leftovers = list(folder.iterdir())
-        for entry in leftovers:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+    def clean_temporary(self) -> int | None:
+        """Remove the uploads a previous run left unfinished; how many there were, or None when
+        another server has the root open (its uploads in progress are left alone).
+
+        A server holds a shared lock on the root as long as its store is open; the exclusive
+        lock taken here first is granted only when no other one does (a crashed one's lock
+        went with its process)."""
+        try:
+            fcntl.flock(self.root_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(self.root_fd, fcntl.LOCK_SH)
+            return None
+        try:
+            folder = self.root / TEMPORARY
+            leftovers = list(folder.iterdir())
+            for entry in leftovers:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(self.root_fd, fcntl.LOCK_SH)
         return len(leftovers)
 
     def has(self, token: str) -> bool:

@@ -31,6 +31,7 @@ from slixmpp_http_upload.filestore import TEMPORARY
 from slixmpp_http_upload.http import HttpServer
 from slixmpp_http_upload.local import LocalBackend
 from slixmpp_http_upload.metrics import SlotMetrics
+from slixmpp_http_upload.options import ConfigError
 from slixmpp_http_upload.slot import Slot, SlotRequest
 
 NAMES = ["plain.txt", "with space.txt", "très cool.jpg", "odd #?%&+;=.bin", "日本語.png"]
@@ -94,7 +95,11 @@ async def serving(
     assert isinstance(backend, LocalBackend)
     sources = [SlotMetrics("upload.example.org")] if metrics else None
     server = HttpServer(config.http, backend, sources, idle_timeout=idle_timeout)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        backend.store.close()
+        raise
     try:
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             yield Served(backend, server, directory / "uploads", f"http://127.0.0.1:{port}", port, session)
@@ -504,6 +509,23 @@ async def test_a_silent_client_is_dropped(tmp_path: Path) -> None:
         assert status_of(answer) == 408
         assert not served.leftovers() and not served.stored()
         assert (await served.put(slot, b"x" * 100)).status == 201
+
+
+async def test_a_second_server_on_the_same_root_leaves_uploads_in_progress_alone(served: Served) -> None:
+    """A second ``serve`` started by mistake on the same root (here in the same process, with its
+    own open root: the kernel sees two servers) must not remove what the first is receiving, not
+    even on its way to finding the port taken."""
+    slot = served.slot("busy.bin", 10)
+    reader, writer = await begin_put(served, slot.put_url, 10, b"12345")
+    with pytest.raises(ConfigError, match="cannot listen"):
+        async with serving(served.root.parent, http={"port": served.port}):
+            pass
+    async with serving(served.root.parent):  # another port: it runs beside the first
+        assert served.leftovers()
+    writer.write(b"67890")
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 201 ")
+    writer.close()
+    assert (await served.get(slot.get_url))[1] == b"1234567890"
 
 
 async def test_too_many_uploads_at_once_are_told_to_retry(tmp_path: Path) -> None:

@@ -83,7 +83,9 @@ class HttpServer:
         """Clean what a previous run left unfinished, then listen; a port that cannot be had or
         an unreadable certificate is a :class:`ConfigError`."""
         leftovers = self.backend.store.clean_temporary()
-        if leftovers:
+        if leftovers is None:
+            log.warning("another server uses %s: its unfinished uploads are left alone", self.backend.store.root)
+        elif leftovers:
             log.info("removed %d unfinished upload(s) left by a previous run", leftovers)
         context = self._tls_context()
         await self.runner.setup()
