@@ -178,7 +178,7 @@ def _read_meta(folder: int) -> dict[str, object] | None:
 class Upload:
     """One body on its way to disk: :meth:`write` the chunks, then :meth:`commit` once, or
     :meth:`discard`. Writes are plain (the page cache takes them); the fsyncs of commit run
-    in a thread."""
+    in a thread, which alone decides the upload's fate once it has begun."""
 
     def __init__(self, store: FileStore, token: str, meta: dict[str, object]) -> None:
         self.store = store
@@ -192,6 +192,7 @@ class Upload:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
         self.written = 0
+        self.committing = False
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -202,14 +203,19 @@ class Upload:
 
     async def commit(self) -> None:
         """Make the upload durable and visible; :class:`SlotTaken` if another got there first.
-        On any failure the upload is discarded."""
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, self._commit)
-        except BaseException:
-            self.discard()
-            raise
+        On any failure the upload is discarded. Cancelling the caller does not stop the thread:
+        the upload then ends complete, or gone if the commit fails."""
+        self.committing = True
+        await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, self._commit))
 
     def _commit(self) -> None:
+        try:
+            self._make_durable()
+        except BaseException:
+            self._remove()
+            raise
+
+    def _make_durable(self) -> None:
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
@@ -233,7 +239,12 @@ class Upload:
         os.fsync(self.store.root_fd)
 
     def discard(self) -> None:
-        """Forget the upload (nothing of it stays); safe to call more than once."""
+        """Forget the upload (nothing of it stays) unless its commit has begun; safe to call more
+        than once."""
+        if not self.committing:
+            self._remove()
+
+    def _remove(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

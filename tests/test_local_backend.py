@@ -3,7 +3,10 @@ key live, the slot URLs ``urls`` prints, and the signature that authorises a PUT
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
+import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -13,6 +16,7 @@ from hypothesis import strategies as st
 
 from helpers import accepted_filenames, run_cli, write_toml
 from slixmpp_http_upload.config import load_config
+from slixmpp_http_upload.filestore import TEMPORARY, FileStore
 from slixmpp_http_upload.http.target import parse_target
 from slixmpp_http_upload.local import Forbidden, LocalBackend, UrlSigner
 from slixmpp_http_upload.slot import SlotRequest, object_name
@@ -191,3 +195,40 @@ def test_no_request_path_names_anything_outside_the_root(path: str) -> None:
         assert target.name not in (".", "..")
         assert not any(char in target.name for char in "/\\\0")
         assert not any(ord(char) < 0x20 for char in target.name)
+
+
+async def test_a_commit_cancelled_in_its_fsync_still_ends_complete(tmp_path: Path, monkeypatch) -> None:
+    """The server cancels what is left when it stops: a commit already in its thread must finish
+    there (the body was all received), not have its file closed and removed under it by the
+    handler's discard on the way out."""
+    store = FileStore(tmp_path)
+    token = "ab" * 16
+    upload = store.begin(token, "f.bin", None)
+    upload.write(b"hello")
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        in_fsync.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    commit = asyncio.ensure_future(upload.commit())
+    assert await asyncio.to_thread(in_fsync.wait, 10)
+    commit.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await commit
+    upload.discard()  # what the HTTP handler does when it is cancelled
+    release.set()
+    for _ in range(200):
+        if store.has(token) and not os.listdir(tmp_path / TEMPORARY):
+            break
+        await asyncio.sleep(0.05)
+    stored = store.open(token, "f.bin")
+    assert stored is not None
+    try:
+        assert os.pread(stored.fd, 10, 0) == b"hello"
+    finally:
+        os.close(stored.fd)
+        store.close()
