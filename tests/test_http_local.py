@@ -528,6 +528,18 @@ async def test_a_second_server_on_the_same_root_leaves_uploads_in_progress_alone
     assert (await served.get(slot.get_url))[1] == b"1234567890"
 
 
+async def test_a_storage_failure_is_500_and_logs_no_token(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """The error names the upload by its token's prefix only, as every other upload log line:
+    the whole token is the file's download URL."""
+    slot = served.slot("lost.bin", 3)
+    token = urlsplit(slot.get_url).path.split("/")[1]
+    shutil.rmtree(served.root / TEMPORARY)  # an operator's mistake: no folder for uploads
+    response = await served.put(slot, b"abc")
+    assert response.status == 500
+    assert f"upload {token[:8]}…: failed: No such file or directory" in caplog.text
+    assert token not in caplog.text
+
+
 async def test_too_many_uploads_at_once_are_told_to_retry(tmp_path: Path) -> None:
     async with serving(tmp_path, http={"max_uploads": 1}) as served:
         first = served.slot("one.bin", 10)

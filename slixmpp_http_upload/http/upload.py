@@ -104,7 +104,7 @@ class UploadHandler:
         try:
             upload = self.store.begin(token, name, content_type)
         except OSError as error:
-            return _storage_error(error)
+            return _storage_error(error, token)
         try:
             while upload.written < length:
                 async with asyncio.timeout(self.idle_timeout):
@@ -125,7 +125,7 @@ class UploadHandler:
             return _plain(400, "the body ended early", close=True)
         except OSError as error:
             upload.discard()
-            return _storage_error(error)
+            return _storage_error(error, token)
         except BaseException:  # the client went away (or we are stopping)
             upload.discard()
             raise
@@ -141,9 +141,11 @@ def _acceptable_type(content_type: str | None) -> str | None:
         return None
 
 
-def _storage_error(error: OSError) -> web.Response:
+def _storage_error(error: OSError, token: str) -> web.Response:
+    """507 for a full disk, else 500; the log names the upload by its token's prefix (an
+    ``OSError``'s file name would hold all of it: the download URL)."""
     if error.errno in FULL_DISK_ERRORS:
-        log.warning("upload refused: the disk is full")
+        log.warning("upload %s…: refused, the disk is full", token[:8])
         return _plain(507, "not enough space left for this file", close=True)
-    log.error("upload failed: %s", error)
+    log.error("upload %s…: failed: %s", token[:8], error.strerror or type(error).__name__)
     return _plain(500, "the file could not be stored", close=True)
