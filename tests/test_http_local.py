@@ -392,6 +392,24 @@ async def test_paths_outside_the_root_are_not_found(served: Served, path: str) -
         assert b"root:" not in answer and b"stored" not in answer.partition(b"\r\n\r\n")[2]
 
 
+async def test_a_malformed_request_logs_neither_its_url_nor_an_error(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's parser quotes the offending request line in its exception: a client that sends a
+    name unencoded (raw UTF-8) would have its signed PUT URL written to the log, as an ERROR
+    with a traceback, by anyone on the network at will."""
+    caplog.set_level(logging.DEBUG)
+    slot = served.slot("q.bin", 3)
+    signature = slot.put_url.rsplit("sig=", 1)[1]
+    targets = [slot.put_url.replace("q.bin", "qé.bin"), slot.put_url + "\x01", slot.put_url + " x"]
+    for target in targets:
+        answer = await raw_request(served.port, head("PUT", target, "Content-Length: 3") + b"abc")
+        assert status_of(answer) == 400
+    assert (await served.put(slot, b"abc")).status == 201  # the server goes on
+    assert caplog.text.count("malformed request") == len(targets) and signature not in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+
+
 async def test_symlinks_planted_in_the_root_are_not_followed(served: Served, tmp_path: Path) -> None:
     slot = await served.upload(b"real", "file.txt", "text/plain")
     token = urlsplit(slot.get_url).path.split("/")[1]

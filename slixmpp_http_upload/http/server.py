@@ -18,9 +18,11 @@ import logging
 import os
 import ssl
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config import HttpSettings
 from ..local import LocalBackend
@@ -35,6 +37,19 @@ log = logging.getLogger(__name__)
 STOP_GRACE = 5.0
 """Seconds that requests in progress get to finish when the server stops (then they are
 cancelled: an unfinished upload leaves nothing)."""
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server log, where a request that is not valid HTTP is one line at info at most
+    (it is the client's doing), without the parser's message: that quotes the request line, a
+    signed PUT URL for a client that sends a file name unencoded."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, HttpProcessingError):
+            level, msg = min(level, logging.INFO), "malformed request (HTTP %d): %s"
+            args, kwargs = (error.code, type(error).__name__), {}
+        super().log(level, msg, *args, **kwargs)
 
 
 async def _no_early_continue(request: web.Request) -> None:
@@ -77,7 +92,9 @@ class HttpServer:
         self.settings = settings
         self.backend = backend
         app = make_app(settings, backend, metrics, idle_timeout)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=STOP_GRACE)
+        self.runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=STOP_GRACE, logger=_ServerLog(logging.getLogger("aiohttp.server"))
+        )
 
     async def start(self) -> None:
         """Clean what a previous run left unfinished, then listen; a port that cannot be had or
