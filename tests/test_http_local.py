@@ -341,6 +341,9 @@ async def test_a_zero_length_suffix_range_is_unsatisfiable(served: Served) -> No
         ("text/html", "attachment"),
         ("image/svg+xml", "inline"),
         ("application/pdf", "attachment"),
+        ("text/plain; charset=utf-8", "inline"),
+        ("Image/PNG", "inline"),
+        ("text/plainhtml", "attachment"),
     ],
 )
 async def test_download_headers(served: Served, content_type: str, disposition: str) -> None:
@@ -356,6 +359,19 @@ async def test_download_headers(served: Served, content_type: str, disposition: 
             f"""{disposition}; filename="r_sum_ _v2_.x"; filename*=UTF-8''{quote('résumé "v2".x', safe='')}"""
         )
         assert got.headers["Last-Modified"].endswith(" GMT") and got.headers["ETag"].startswith('"')
+
+
+@pytest.mark.parametrize("content_type", ["image/png, text/html", "text/plain,text/html", "image/gif;a=b, text/html"])
+async def test_a_list_of_types_is_served_as_plain_bytes(served: Served, content_type: str) -> None:
+    """Browsers read a Content-Type list as its last type (Fetch, "extract a MIME type"):
+    ``image/png, text/html`` sent back as it was declared would be HTML shown inline."""
+    declared = await served.upload(b"<h1>hi</h1>", "a.png", content_type)
+    undeclared = served.slot("b.png", 11)
+    assert (await served.put(undeclared, b"<h1>hi</h1>", content_type)).status == 201
+    for slot in (declared, undeclared):
+        got, _ = await served.get(slot.get_url)
+        assert got.headers["Content-Type"] == "application/octet-stream"
+        assert got.headers["Content-Disposition"].startswith("attachment;")
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Every answer carries ``X-Content-Type-Options: nosniff`` and ``Content-Security-Policy:
 default-src 'none'; frame-ancestors 'none'``; a file is ``inline`` only for ``image/*``,
-``video/*``, ``audio/*`` and ``text/plain`` (else ``attachment``), with an RFC 5987
+``video/*``, ``audio/*`` and ``text/plain`` (else ``attachment``; a stored list of types goes
+out as ``application/octet-stream``, see :func:`served_type`), with an RFC 5987
 ``filename*`` for names that are not plain ASCII. Files never change once stored, so they are
 ``immutable`` and their ETag (modification time and size, as aiohttp's ``FileResponse`` makes
 it) answers ``If-None-Match`` with 304. One byte range is served (206, or 416 when it lies
@@ -30,7 +31,8 @@ from .target import parse_target
 
 SMALL_FILE = 64 * 1024
 DEFAULT_TYPE = "application/octet-stream"
-INLINE_TYPES = ("image/", "video/", "audio/", "text/plain")
+INLINE_PREFIXES = ("image/", "video/", "audio/")
+"""Types shown ``inline``, with ``text/plain``."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
@@ -38,9 +40,17 @@ SECURITY_HEADERS = {
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 
+def served_type(stored: str | None) -> str:
+    """The ``Content-Type`` to send: the stored one, unless it is none or a list. Browsers take
+    the last type of a list (Fetch's "extract a MIME type"): ``image/png, text/html`` would be
+    HTML shown inline."""
+    return stored if stored and "," not in stored else DEFAULT_TYPE
+
+
 def content_disposition(name: str, content_type: str) -> str:
     """``inline`` or ``attachment`` with the file name, RFC 5987-encoded when not plain ASCII."""
-    kind = "inline" if content_type.lower().startswith(INLINE_TYPES) else "attachment"
+    essence = content_type.partition(";")[0].strip().lower()
+    kind = "inline" if essence.startswith(INLINE_PREFIXES) or essence == "text/plain" else "attachment"
     plain = "".join(char if " " <= char < "\x7f" and char not in '"\\' else "_" for char in name)
     value = f'{kind}; filename="{plain}"'
     if plain != name:
@@ -70,7 +80,7 @@ class DownloadHandler:
 
     async def _answer(self, request: web.Request, stored: StoredFile) -> web.StreamResponse:
         etag = f"{stored.mtime_ns:x}-{stored.size:x}"
-        content_type = stored.content_type or DEFAULT_TYPE
+        content_type = served_type(stored.content_type)
         headers = {
             **SECURITY_HEADERS,
             "Content-Type": content_type,
