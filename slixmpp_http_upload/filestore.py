@@ -60,9 +60,14 @@ class FileStore:
     """The files of one root folder (created if missing)."""
 
     def __init__(self, root: Path) -> None:
+        """Open ``root``, creating it and its ``.tmp``; :class:`OSError` if either cannot be
+        written (uploads are made in one and moved to the other)."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (root / TEMPORARY).mkdir(exist_ok=True)
+        for folder in (root, root / TEMPORARY):
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(folder))
         self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:

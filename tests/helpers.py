@@ -8,17 +8,19 @@ import http.server
 import io
 import json
 import logging
+import os
 import string
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from contextlib import redirect_stderr, redirect_stdout
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Self
 
+import pytest
 from hypothesis import strategies as st
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
@@ -143,6 +145,23 @@ def offline_serve_config(port: int) -> dict[str, Any]:
         "component": {"server": "127.0.0.1", "port": port, "secret": "any", "domains": [DOMAIN]},
         "http_upload": {"max_file_size": 1000, "s3": OFFLINE_S3},
     }
+
+
+@contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted with ``options`` on ``mount`` (made here), unmounted at the end. We are
+    root in the test machines; elsewhere the test is skipped (in CI it fails)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        why = f"cannot mount a tmpfs: {done.stderr.decode().strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

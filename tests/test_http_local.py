@@ -13,7 +13,6 @@ import secrets
 import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import pytest
 
-from helpers import write_toml
+from helpers import tmpfs, write_toml
 from servers import make_test_certificates
 from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import load_config
@@ -588,18 +587,9 @@ async def test_too_many_uploads_at_once_are_told_to_retry(tmp_path: Path) -> Non
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
-    """A 2 MiB tmpfs (we are root in the test machines; elsewhere the test is skipped)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    """A 2 MiB tmpfs."""
+    with tmpfs(tmp_path / "disk", "size=2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_a_full_disk_is_507_and_the_service_goes_on(small_disk: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import accepted_filenames, run_cli, write_toml
+from helpers import accepted_filenames, run_cli, tmpfs, write_toml
 from slixmpp_http_upload.config import load_config
 from slixmpp_http_upload.filestore import TEMPORARY, FileStore
 from slixmpp_http_upload.http.target import parse_target
@@ -232,3 +233,17 @@ async def test_a_commit_cancelled_in_its_fsync_still_ends_complete(tmp_path: Pat
     finally:
         os.close(stored.fd)
         store.close()
+
+
+@pytest.mark.parametrize("url_key", [None, "a configured key of some length"])
+def test_a_root_that_cannot_be_written_is_a_configuration_error(tmp_path: Path, url_key: str | None) -> None:
+    """Even when everything the backend reads at start is already there (the key, ``.tmp``):
+    the service would start and answer every upload with 500."""
+    local = {"root": "disk/files"} | ({"url_key": url_key} if url_key else {})
+    config = write_toml(tmp_path / "upload.toml", {"http_upload": {"local": local}})
+    with tmpfs(tmp_path / "disk", "size=1m"):
+        urls(config)  # makes the root, .tmp and (without url_key) the key
+        subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "disk")], check=True)
+        status, out, err = run_cli("urls", "-c", str(config), "example.org", "f.txt", "10", "", "300")
+    assert (status, out) == (2, "")
+    assert "http_upload.local.root" in err and "disk/files" in err
