@@ -9,6 +9,7 @@ Relative paths in the file are relative to the file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -192,8 +193,9 @@ HTTP_OPTIONS = (
     Option("max_uploads", 64, integer(1, 100_000)),
 )
 """The ``[http]`` table: the built-in HTTP server (taking PUTs and serving GETs of the ``local``
-backend). ``public_url`` defaults to ``http://<bind>:<port>``; ``tls_cert``/``tls_key`` (both or
-neither) make the server speak https itself; ``max_uploads`` bounds the uploads in progress."""
+backend). ``public_url`` defaults to ``http[s]://<bind>:<port>`` (none for a wildcard ``bind``);
+``tls_cert``/``tls_key`` (both or neither) make the server speak https itself; ``max_uploads``
+bounds the uploads in progress."""
 
 METRICS_OPTIONS = (
     Option("host", "127.0.0.1", text),
@@ -313,6 +315,14 @@ def parse_upload_settings(
     )
 
 
+def _is_wildcard(bind: str) -> bool:
+    """Whether ``bind`` is 0.0.0.0 or ``::`` (every address of the machine, none to give out)."""
+    try:
+        return ipaddress.ip_address(bind).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
 def parse_http_settings(raw: Mapping[str, Any], base_dir: Path) -> HttpSettings:
     """Check an ``[http]`` table; relative TLS paths are taken from ``base_dir``."""
     values = parse_table(raw, HTTP_OPTIONS, "http")
@@ -323,6 +333,10 @@ def parse_http_settings(raw: Mapping[str, Any], base_dir: Path) -> HttpSettings:
         if values[name] is not None:
             values[name] = base_dir / values[name]
     if values["public_url"] is None:
+        if _is_wildcard(values["bind"]):
+            raise ConfigError(
+                "http.public_url", "is required when http.bind is a wildcard address (clients get this URL)"
+            )
         scheme = "https" if values["tls_cert"] else "http"
         host = f"[{values['bind']}]" if ":" in values["bind"] else values["bind"]
         values["public_url"] = _public_url(f"{scheme}://{host}:{values['port']}")

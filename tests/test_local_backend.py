@@ -107,6 +107,17 @@ def test_public_url_default(tmp_path: Path, http: dict[str, object], public_url:
         assert config.http.tls_cert == tmp_path / "c.pem" and config.http.tls_key == tmp_path / "k.pem"
 
 
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_a_wildcard_bind_needs_a_public_url(tmp_path: Path, bind: str) -> None:
+    """``http://0.0.0.0:8080/…`` would be the URL every client gets."""
+    config = write_toml(tmp_path / "upload.toml", {"http": {"bind": bind}})
+    status, out, err = run_cli("urls", "-c", str(config), "example.org", "f.txt", "10", "", "300")
+    assert (status, out) == (2, "")
+    assert "http.public_url: is required when http.bind is a wildcard address" in err
+    with_url = {"http": {"bind": bind, "public_url": "https://upload.example.org"}}
+    assert load_config(write_toml(tmp_path / "upload.toml", with_url)).http.bind == bind
+
+
 def test_http_defaults(tmp_path: Path) -> None:
     http = load_config(write_toml(tmp_path / "upload.toml", {})).http
     assert (http.bind, http.port, http.cors_origins, http.max_uploads) == ("127.0.0.1", 8080, ("*",), 64)
