@@ -74,21 +74,28 @@ class FileStore:
         os.close(self.root_fd)
 
     def url_key(self) -> bytes:
-        """The signing key kept in the root: made once (32 random bytes, mode 0600), then reused."""
+        """The signing key kept in the root: made once (32 random bytes, mode 0600), then reused.
+        A new key is written in full under another name, then linked into place: nobody (another
+        process starting at the same time, this one after a crash) finds the file half written."""
         path = self.root / KEY_FILE
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            key = bytes.fromhex(path.read_text().strip())
-            if len(key) < 16:
-                raise ValueError(f"{path} holds no valid key (delete it to make a new one)") from None
-            return key
+            return _read_key(path)
+        except FileNotFoundError:
+            pass
         key = secrets.token_bytes(32)
+        draft = self.root / f"{KEY_FILE}.{secrets.token_hex(8)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, key.hex().encode() + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
+        try:
+            os.link(draft, path)
+        except FileExistsError:  # another process made it first
+            return _read_key(path)
+        finally:
+            draft.unlink()
         os.fsync(self.root_fd)
         return key
 
@@ -165,6 +172,13 @@ class FileStore:
     def begin(self, token: str, name: str, content_type: str | None) -> Upload:
         """A new upload for ``token``, in its own temporary folder."""
         return Upload(self, token, {"name": name, "content_type": content_type})
+
+
+def _read_key(path: Path) -> bytes:
+    key = bytes.fromhex(path.read_text().strip())
+    if len(key) < 16:
+        raise ValueError(f"{path} holds no valid key (delete it to make a new one)")
+    return key
 
 
 def _read_meta(folder: int) -> dict[str, object] | None:

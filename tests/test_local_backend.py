@@ -258,3 +258,33 @@ def test_a_root_that_cannot_be_written_is_a_configuration_error(tmp_path: Path, 
         status, out, err = run_cli("urls", "-c", str(config), "example.org", "f.txt", "10", "", "300")
     assert (status, out) == (2, "")
     assert "http_upload.local.root" in err and "disk/files" in err
+
+
+def test_two_processes_making_the_key_at_once_agree(tmp_path: Path, monkeypatch) -> None:
+    """``serve`` and ``urls`` (or ``check``) started together on a new root: the one that comes
+    second must not read a key file that the first has made but not written yet (nor must a
+    crash between the two leave an empty one)."""
+    first, second = FileStore(tmp_path), FileStore(tmp_path)
+    writing, second_done = threading.Event(), threading.Event()
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if threading.current_thread() is not threading.main_thread():
+            writing.set()
+            second_done.wait(10)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    keys: list[bytes] = []
+    maker = threading.Thread(target=lambda: keys.append(first.url_key()))
+    maker.start()
+    assert writing.wait(10)
+    try:
+        keys.append(second.url_key())
+    finally:
+        second_done.set()
+        maker.join(10)
+    assert len(keys) == 2 and keys[0] == keys[1]
+    assert bytes.fromhex((tmp_path / ".url-key").read_text()) == keys[0]
+    first.close()
+    second.close()
