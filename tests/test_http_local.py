@@ -13,7 +13,8 @@ import secrets
 import shutil
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,20 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    directory: Path, *, http: Mapping[str, Any] | None = None, metrics: bool = False, idle_timeout: float = 60
+    directory: Path,
+    *,
+    http: Mapping[str, Any] | None = None,
+    metrics: bool = False,
+    idle_timeout: float = 60,
+    expiry: Callable[[str], float | None] | None = None,
 ) -> AsyncIterator[Served]:
     port = (http or {}).get("port") or free_port()
     document = {"http": {"port": port, **(http or {})}, "http_upload": {"expiration_time": 300}}
     config = load_config(write_toml(directory / "upload.toml", document))
     backend = create_backend(config.http_upload)
     assert isinstance(backend, LocalBackend)
+    if expiry is not None:  # what serve does with its ledger
+        backend.expiry = expiry
     sources = [SlotMetrics("upload.example.org")] if metrics else None
     server = HttpServer(config.http, backend, sources, idle_timeout=idle_timeout)
     try:
@@ -328,6 +336,21 @@ async def test_a_zero_length_suffix_range_is_unsatisfiable(served: Served) -> No
     slot = await served.upload(b"0123456789", "r.bin")
     empty, data = await served.get(slot.get_url, Range="bytes=-0")
     assert empty.status == 416 and empty.headers["Content-Range"] == "bytes */10" and data == b""
+
+
+async def test_a_file_that_expires_is_not_cached_beyond_its_expiry(tmp_path: Path) -> None:
+    """A year of ``immutable`` would keep an expired (deleted) file in every browser's cache."""
+    lifetimes: dict[str, float] = {}
+    async with serving(tmp_path, expiry=lifetimes.get) as served:
+        short = await served.upload(b"short-lived", "s.txt")
+        lifetimes[short.key] = time.time() + 120
+        kept = await served.upload(b"kept", "k.txt")
+        for method in ("GET", "HEAD"):
+            got, _ = await served.get(short.get_url, method)
+            max_age = int(got.headers["Cache-Control"].partition("max-age=")[2].partition(",")[0])
+            assert got.status == 200 and 60 < max_age <= 120, got.headers["Cache-Control"]
+        got, _ = await served.get(kept.get_url)
+        assert got.headers["Cache-Control"] == "public, max-age=31536000, immutable"
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ default-src 'none'; frame-ancestors 'none'``; a file is ``inline`` only for ``im
 ``video/*``, ``audio/*`` and ``text/plain`` (else ``attachment``; a stored list of types goes
 out as ``application/octet-stream``, see :func:`served_type`), with an RFC 5987
 ``filename*`` for names that are not plain ASCII. Files never change once stored, so they are
-``immutable`` and their ETag (modification time and size, as aiohttp's ``FileResponse`` makes
+``immutable`` (for a year, or until their expiry) and their ETag (modification time and size, as aiohttp's ``FileResponse`` makes
 it) answers ``If-None-Match`` with 304. One byte range is served (206, or 416 when it lies
 beyond the end); a ``Range`` with several is answered with the whole file.
 
@@ -37,7 +37,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
 }
-CACHE_CONTROL = "public, max-age=31536000, immutable"
+CACHE_LIFETIME = 31_536_000
+"""A year: what caches may keep a file that does not expire (``Cache-Control: immutable``)."""
 
 
 def served_type(stored: str | None) -> str:
@@ -68,23 +69,26 @@ class DownloadHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = parse_target(request.rel_url.raw_path, self.prefix)
-        if target is not None and (expires := self.expiry(target.token)) is not None and expires <= time.time():
+        expires = self.expiry(target.token) if target is not None else None
+        lifetime = CACHE_LIFETIME if expires is None else min(CACHE_LIFETIME, int(expires - time.time()))
+        if lifetime <= 0:
             target = None  # expired: gone for readers, even before the sweeper deletes it
         stored = self.store.open(target.token, target.name) if target else None
         if stored is None:
             return web.Response(status=404, text="no such file\n", headers=SECURITY_HEADERS)
         try:
-            return await self._answer(request, stored)
+            return await self._answer(request, stored, lifetime)
         finally:
             os.close(stored.fd)
 
-    async def _answer(self, request: web.Request, stored: StoredFile) -> web.StreamResponse:
+    async def _answer(self, request: web.Request, stored: StoredFile, lifetime: int) -> web.StreamResponse:
+        """The file's answer; caches may keep it ``lifetime`` seconds (until its expiry)."""
         etag = f"{stored.mtime_ns:x}-{stored.size:x}"
         content_type = served_type(stored.content_type)
         headers = {
             **SECURITY_HEADERS,
             "Content-Type": content_type,
-            "Cache-Control": CACHE_CONTROL,
+            "Cache-Control": f"public, max-age={lifetime}, immutable",
             "Content-Disposition": content_disposition(stored.name, content_type),
             "Accept-Ranges": "bytes",
             "ETag": f'"{etag}"',
