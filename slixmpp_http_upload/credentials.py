@@ -48,7 +48,7 @@ class StaticCredentials:
 def aws_chain_available() -> bool:
     """Whether botocore (the ``aws`` extra) is installed."""
     try:
-        import botocore.session  # noqa: F401
+        import botocore.session  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         return False
     return True
@@ -78,7 +78,7 @@ class AwsChainCredentials:
         return bool(refresh_needed and refresh_needed())
 
     def resolve(self) -> Credentials:
-        import botocore.session
+        import botocore.session  # type: ignore[import-untyped]
 
         try:
             if self._source is None:

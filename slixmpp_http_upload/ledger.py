@@ -218,5 +218,5 @@ def _connect(path: str) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
     connection.executescript(_SCHEMA)
-    connection.isolation_level = ""  # back to implicit transactions: ``with connection`` commits
+    connection.isolation_level = "DEFERRED"  # back to implicit transactions: ``with connection`` commits
     return connection

@@ -56,14 +56,15 @@ class Dialect:
 
     def read_request(self, request: ET.Element) -> RawRequest:
         if self.attributes and "filename" in request.attrib:
-            values = [request.get(name) for name in FIELDS]
+            filename, size, content_type = (request.get(name) for name in FIELDS)
         else:  # legacy dialects, and old clients that sent child elements under ``:0``
-            values = [request.findtext(f"{{{self.namespace}}}{name}") for name in FIELDS]
+            filename, size, content_type = (request.findtext(f"{{{self.namespace}}}{name}") for name in FIELDS)
         if self.attributes:  # purposes came with XEP-0363 1.2, in the ``:0`` dialect only
             for child in request:
                 if child.tag.startswith(_PURPOSE_PREFIX):
-                    return RawRequest(*values, child.tag[len(_PURPOSE_PREFIX) :], child.get("expire-before"))
-        return RawRequest(*values)
+                    purpose, expire_before = child.tag[len(_PURPOSE_PREFIX) :], child.get("expire-before")
+                    return RawRequest(filename, size, content_type, purpose, expire_before)
+        return RawRequest(filename, size, content_type)
 
     def slot_element(self, slot: Slot) -> ET.Element:
         ns = self.namespace
