@@ -6,6 +6,13 @@ key, or from the ``local`` backend's root (whose HTTP server — ``serve`` — m
 ``public_url``). Each step prints one line; a failure names the error (and for S3 a hint). URLs
 that are not https get a warning (clients such as Gajim refuse them), which does not fail the
 check.
+
+For each web client's origin given (``--origin``, S3 only), first the CORS preflight exactly as
+Chromium sends it before Converse.js's PUT (``OPTIONS`` with ``Origin``,
+``Access-Control-Request-Method: PUT``, ``Access-Control-Request-Headers: content-type``), then
+the PUT from that origin, whose answer must carry its ``Access-Control-Allow-Origin``. With
+``downloads = "redirect"`` the GET goes through the service's own URL (``serve`` must be
+running) and the object's plain S3 URL should refuse anonymous readers (a warning if not).
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import re
 import secrets
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -36,7 +43,8 @@ HINTS = {
 }
 ACCESS_HINTS = {
     "put": "the key may not write to this bucket",
-    "get": "anonymous reads are refused: allow public read on the bucket, or set add_acl = true",
+    "get": "anonymous reads are refused: run setup-bucket (a read-only bucket policy), set add_acl = true, "
+    'or set downloads = "redirect"',
     "delete": "the key may not delete in this bucket (the probe object stays)",
 }
 
@@ -45,10 +53,14 @@ class StepFailed(Exception):
     """A step failed; ``str()`` is the line to print after the step's name."""
 
 
+CORS_HINT = "run setup-bucket --origin {origin} (or add a CORS rule allowing PUT from it with any header)"
+
+
 @dataclass(frozen=True)
 class HttpAnswer:
     status: int
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def http(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> HttpAnswer:
@@ -56,7 +68,7 @@ def http(method: str, url: str, data: bytes | None = None, headers: dict[str, st
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return HttpAnswer(response.status, response.read())
+            return HttpAnswer(response.status, response.read(), response.headers)
     except urllib.error.HTTPError as error:
         raise StepFailed(_describe_http_error(method, error.code, error.read())) from None
     except urllib.error.URLError as error:
@@ -64,6 +76,17 @@ def http(method: str, url: str, data: bytes | None = None, headers: dict[str, st
         raise StepFailed(f"cannot reach {origin}: {error.reason} — is the server (S3, or serve) up?") from None
     except (TimeoutError, OSError) as error:
         raise StepFailed(f"no answer: {error}") from None
+
+
+def anonymous_status(url: str) -> int:
+    """The status of an anonymous GET of ``url`` (its body unread)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url), timeout=TIMEOUT) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, OSError) as error:
+        raise StepFailed(f"no answer: {getattr(error, 'reason', error)}") from None
 
 
 def _describe_http_error(method: str, status: int, body: bytes) -> str:
@@ -87,7 +110,33 @@ def _plain_text(body: bytes) -> str | None:
     return text.splitlines()[0] if text and not text.startswith("<") else None
 
 
-def run_check(backend: S3Backend | LocalBackend, domain: str, out: TextIO) -> bool:
+def preflight(url: str, origin: str) -> str:
+    """The CORS preflight of a browser's PUT with a Content-Type from ``origin``."""
+    headers = {"Origin": origin, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type"}
+    try:
+        answer = http("OPTIONS", url, headers=headers)
+    except StepFailed as failure:
+        raise StepFailed(f"{failure} — {CORS_HINT.format(origin=origin)}") from None
+    allowed = answer.headers.get("Access-Control-Allow-Origin")
+    methods = answer.headers.get("Access-Control-Allow-Methods", "PUT")
+    if allowed not in (origin, "*") or "PUT" not in methods.upper():
+        seen = f"Allow-Origin {allowed!r}, Allow-Methods {methods!r}"
+        raise StepFailed(f"HTTP {answer.status} but {seen} — {CORS_HINT.format(origin=origin)}")
+    return f"HTTP {answer.status}, PUT with content-type allowed"
+
+
+def allowed_origin(answer: HttpAnswer, origin: str) -> str:
+    """`` from <origin>`` when the answer lets the page of ``origin`` read it, else StepFailed."""
+    allowed = answer.headers.get("Access-Control-Allow-Origin")
+    if allowed not in (origin, "*"):
+        problem = f"HTTP {answer.status} but no Access-Control-Allow-Origin for {origin} (got {allowed!r})"
+        raise StepFailed(f"{problem} — {CORS_HINT.format(origin=origin)}")
+    return f" from {origin}"
+
+
+def run_check(
+    backend: S3Backend | LocalBackend, domain: str, out: TextIO, origins: Sequence[str] = ()
+) -> bool:
     """Run every step, print one line each; True when all passed."""
     filename = f"slixmpp-http-upload-check-{secrets.token_hex(4)}.txt"
     request = SlotRequest(filename=filename, size=len(PROBE), content_type="text/plain", domain=domain)
@@ -100,26 +149,42 @@ def run_check(backend: S3Backend | LocalBackend, domain: str, out: TextIO) -> bo
     if not slot.get_url.startswith("https://"):
         out.write("warn  https   the URLs are not https: Gajim and other clients refuse such slots\n")
 
-    def put() -> str:
+    def put(origin: str | None = None) -> str:
         headers = {"Content-Type": "text/plain", "Content-Length": str(len(PROBE))}
-        return f"HTTP {http('PUT', slot.put_url, PROBE, headers).status}, {len(PROBE)} bytes"
+        answer = http("PUT", slot.put_url, PROBE, {**headers, "Origin": origin} if origin else headers)
+        return f"HTTP {answer.status}, {len(PROBE)} bytes" + (allowed_origin(answer, origin) if origin else "")
 
     def get() -> str:
         answer = http("GET", slot.get_url)
         if answer.body != PROBE:
             raise StepFailed(f"HTTP {answer.status} but the bytes differ ({len(answer.body)} bytes back)")
-        return f"HTTP {answer.status}, same {len(PROBE)} bytes, no credentials"
+        via = " through the service's redirect" if redirect else ""
+        return f"HTTP {answer.status}, same {len(PROBE)} bytes, no credentials{via}"
+
+    def private() -> str:
+        status = anonymous_status(object_url)
+        if status == 200:
+            out.write("warn  private the object's plain S3 URL is readable by anyone; redirect needs no public bucket\n")
+        return f"plain S3 URL answers HTTP {status} to anonymous readers"
 
     def delete() -> str:
         if isinstance(backend, LocalBackend):
             token = urlsplit(slot.get_url).path.split("/")[-2]
             backend.store.delete(token)
             return f"removed from {backend.store.root}"
-        key_path = urlsplit(slot.get_url).path
-        url = backend.presigned_url("DELETE", key_path, {"host": backend.bucket.host})
+        url = backend.presigned_url("DELETE", urlsplit(object_url).path, {"host": backend.bucket.host})
         return f"HTTP {http('DELETE', url).status}"
 
-    steps: list[tuple[str, Callable[[], str]]] = [("put", put), ("get", get), ("delete", delete)]
+    object_url = slot.put_url.partition("?")[0]
+    redirect = isinstance(backend, S3Backend) and backend.redirect_from is not None
+    steps: list[tuple[str, Callable[[], str]]] = [
+        *((f"preflight {origin}", lambda origin=origin: preflight(slot.put_url, origin)) for origin in origins),
+        ("put", lambda: put(origins[0] if origins else None)),
+        *((f"put {origin}", lambda origin=origin: put(origin)) for origin in origins[1:]),
+        ("get", get),
+        *((("private", private),) if redirect else ()),
+        ("delete", delete),
+    ]
     passed = True
     for name, step in steps:
         try:
@@ -128,7 +193,8 @@ def run_check(backend: S3Backend | LocalBackend, domain: str, out: TextIO) -> bo
             out.write(f"FAIL  {name:<7} {failure}\n")
             passed = False
             if name == "put":
-                out.write("skip  get     (nothing was uploaded)\nskip  delete  (nothing was uploaded)\n")
+                for later, _ in steps[steps.index((name, step)) + 1 :]:
+                    out.write(f"skip  {later:<7} (nothing was uploaded)\n")
                 break
     out.write("all checks passed\n" if passed else "the check failed\n")
     return passed

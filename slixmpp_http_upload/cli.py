@@ -1,5 +1,5 @@
-"""The ``slixmpp-http-upload`` command: ``urls``, ``check``, ``serve``, and the ledger's
-``sweep``, ``purge`` and ``usage``.
+"""The ``slixmpp-http-upload`` command: ``urls``, ``check``, ``setup-bucket``, ``serve``, and the
+ledger's ``sweep``, ``purge`` and ``usage``.
 
 Exit status: 0 success, 1 refused or failed, 2 bad usage or configuration.
 """
@@ -20,7 +20,7 @@ from slixmpp.jid import InvalidJID
 from . import __version__
 from .accounting import open_ledger
 from .backends import create_backend
-from .config import Config, UploadSettings, config_path, load_config
+from .config import Config, UploadSettings, config_path, cors_origins, load_config
 from .ledger import Ledger, SlotRecord
 from .local import LocalBackend
 from .options import ConfigError, domain_name
@@ -77,8 +77,35 @@ def command_check(args: argparse.Namespace, config: Config) -> int:
     backend = create_backend(config.http_upload)
     if not isinstance(backend, S3Backend | LocalBackend):
         raise Refused(f"check knows the s3 and local backends only, not {config.http_upload.backend!r}")
+    if args.origin and not isinstance(backend, S3Backend):
+        raise Refused("--origin is for the s3 backend (the built-in HTTP server answers CORS by [http] cors_origins)")
     domain = config.component.domains[0] if config.component.domains else "localhost"
-    return 0 if run_check(backend, domain, sys.stdout) else 1
+    return 0 if run_check(backend, domain, sys.stdout, origins=web_origins(args.origin or [])) else 1
+
+
+def web_origins(values: Sequence[str]) -> tuple[str, ...]:
+    """The ``--origin`` values, each ``scheme://host[:port]`` (or ``*``)."""
+    if not values:
+        return ()
+    try:
+        return cors_origins(list(values))
+    except ValueError as error:
+        raise Refused(f"--origin: {error}") from None
+
+
+def command_setup_bucket(args: argparse.Namespace, config: Config) -> int:
+    """Set the bucket's CORS rules (and, for direct downloads, its anonymous-read policy)."""
+    from .bucket_setup import SetupFailed, setup_bucket
+
+    backend = create_backend(config.http_upload)
+    if not isinstance(backend, S3Backend):
+        raise Refused(f"setup-bucket is for the s3 backend, not {config.http_upload.backend!r}")
+    origins = web_origins(args.origin) or config.http.cors_origins
+    try:
+        setup_bucket(backend, origins, sys.stdout, dry_run=args.dry_run)
+    except SetupFailed as error:
+        raise Refused(str(error)) from None
+    return 0
 
 
 def command_serve(args: argparse.Namespace, config: Config) -> int:
@@ -187,8 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     urls.add_argument("expiration", metavar="EXPIRATION", help="seconds the PUT URL stays valid")
     urls.set_defaults(run=command_urls)
 
+    origin_help = "a web client's origin, scheme://host[:port] (repeatable)"
     check = commands.add_parser("check", parents=[config_option], help="verify the storage configuration live")
+    check.add_argument("--origin", action="append", metavar="ORIGIN", help=f"{origin_help}: check CORS for it")
     check.set_defaults(run=command_check)
+
+    setup = commands.add_parser(
+        "setup-bucket", parents=[config_option], help="set the S3 bucket's CORS rules (and read policy) for clients"
+    )
+    setup.add_argument(
+        "--origin", action="append", metavar="ORIGIN", help=f"{origin_help}; default: [http] cors_origins"
+    )
+    setup.add_argument("--dry-run", action="store_true", help="print the XML/JSON it would send, change nothing")
+    setup.set_defaults(run=command_setup_bucket)
 
     serve = commands.add_parser(
         "serve", parents=[config_option], help="run the upload component(s) (and the local backend's HTTP server)"

@@ -162,7 +162,7 @@ COMPONENT_OPTIONS = (
 )
 
 
-def _cors_origins(value: Any) -> tuple[str, ...]:
+def cors_origins(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
         raise ValueError('must be a non-empty list of origins such as "https://chat.example.org", or ["*"]')
     if "*" in value:
@@ -189,7 +189,7 @@ HTTP_OPTIONS = (
     Option("public_url", None, _public_url),
     Option("tls_cert", None, text),
     Option("tls_key", None, text),
-    Option("cors_origins", ("*",), _cors_origins),
+    Option("cors_origins", ("*",), cors_origins),
     Option("max_uploads", 64, integer(1, 100_000)),
 )
 """The ``[http]`` table: the built-in HTTP server (taking PUTs and serving GETs of the ``local``

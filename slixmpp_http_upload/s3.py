@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from .baseurl import BaseUrl, parse_base_url
 from .credentials import AwsChainCredentials, CredentialsProvider, StaticCredentials, aws_chain_available
-from .options import REQUIRED, Check, ConfigError, Option, boolean, parse_table, text
-from .sigv4 import Credentials, Presigner, canonical_headers, uri_encode
+from .options import REQUIRED, Check, ConfigError, Option, boolean, integer, one_of, parse_table, text
+from .sigv4 import MAX_EXPIRES, Credentials, Presigner, canonical_headers, uri_encode
 from .slot import Slot, SlotRequest, object_name
 
 if TYPE_CHECKING:
@@ -85,9 +85,13 @@ S3_OPTIONS = (
     Option("access_key_id", None, _key_id, secret=True),
     Option("secret_access_key", None, text, secret=True),
     Option("session_token", None, text, secret=True),
+    Option("downloads", "direct", one_of("direct", "redirect")),
+    Option("redirect_expiration", 300, integer(1, MAX_EXPIRES)),
 )
 """``[http_upload.s3]``. Left out, the region comes from ``AWS_REGION``/``AWS_DEFAULT_REGION``,
-and each key from its own variable (see :func:`credentials_provider`)."""
+and each key from its own variable (see :func:`credentials_provider`). ``downloads = "redirect"``
+hands out GET URLs of the built-in HTTP server, which redirects each GET to a presigned S3 GET
+valid ``redirect_expiration`` seconds (see :mod:`slixmpp_http_upload.http.redirect`)."""
 
 
 def credentials_provider(values: Mapping[str, Any], path: str) -> CredentialsProvider:
@@ -131,6 +135,8 @@ class S3Backend:
         add_acl: bool = False,
         expiration_time: int = 60,
         token_bytes: int = 32,
+        redirect_from: str | None = None,
+        redirect_expiration: int = 300,
     ) -> None:
         self.bucket = bucket
         self.region = region
@@ -141,6 +147,9 @@ class S3Backend:
         self.expiration_time = expiration_time
         self.token_bytes = token_bytes
         self.put_params = ACL_PARAMS if add_acl else ()
+        self.redirect_from = redirect_from
+        """The built-in HTTP server's public URL with ``downloads = "redirect"``, else None."""
+        self.redirect_expiration = redirect_expiration
 
     @classmethod
     def from_settings(cls, settings: UploadSettings, options: Mapping[str, Any], path: str) -> S3Backend:
@@ -153,6 +162,8 @@ class S3Backend:
             add_acl=values["add_acl"],
             expiration_time=settings.expiration_time,
             token_bytes=settings.token_bytes,
+            redirect_from=settings.public_url if values["downloads"] == "redirect" else None,
+            redirect_expiration=values["redirect_expiration"],
         )
 
     async def create_slot(self, request: SlotRequest) -> Slot:
@@ -174,11 +185,14 @@ class S3Backend:
 
     def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
         """A new object key under a fresh random token; its presigned PUT and plain GET URLs,
-        signed with the credentials last taken (:meth:`create_slot` takes the current ones)."""
+        signed with the credentials last taken (:meth:`create_slot` takes the current ones). With
+        :attr:`redirect_from`, the GET URL is the same path on the built-in HTTP server instead."""
         name = uri_encode(object_name(request.filename))
-        key_path = f"{self.bucket.path}/{secrets.token_hex(self.token_bytes)}/{name}"
+        object_path = f"/{secrets.token_hex(self.token_bytes)}/{name}"
+        key_path = self.bucket.path + object_path
         object_url = self.bucket.origin + key_path
-        return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=object_url, key=key_path)
+        get_url = object_url if self.redirect_from is None else self.redirect_from + object_path
+        return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=get_url, key=key_path)
 
     def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
         """The presigned query string of the PUT of ``request`` to the encoded ``key_path``,
@@ -217,10 +231,21 @@ class S3Backend:
         gone = await asyncio.gather(*(delete_one(key) for key in keys))
         return [key for key, done in zip(keys, gone) if done]
 
-    def presigned_url(self, method: str, key_path: str, headers: Mapping[str, str]) -> str:
-        """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` signed."""
+    def presigned_url(
+        self,
+        method: str,
+        key_path: str,
+        headers: Mapping[str, str],
+        *,
+        expires: int | None = None,
+        params: tuple[tuple[str, str], ...] = (),
+    ) -> str:
+        """A presigned URL for ``method`` on the encoded path ``key_path`` with ``headers`` and
+        the query ``params`` signed, valid ``expires`` seconds (default ``expiration_time``)."""
         header_block, signed_headers = canonical_headers(headers)
-        query = self.signer.presign(method, key_path, header_block, signed_headers, self.expiration_time)
+        query = self.signer.presign(
+            method, key_path, header_block, signed_headers, expires or self.expiration_time, extra_params=params
+        )
         return f"{self.bucket.origin}{key_path}?{query}"
 
 

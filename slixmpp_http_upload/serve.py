@@ -1,7 +1,7 @@
 """``serve``: one upload component per served domain, kept connected until SIGINT or SIGTERM.
 
 Every component is a :class:`slixmpp.ComponentXMPP` with the ``http_upload_server`` plugin; all
-share one backend. With the ``local`` backend the built-in HTTP server
+share one backend. With the ``local`` backend, or S3 with ``downloads = "redirect"``, the built-in HTTP server
 (:class:`~slixmpp_http_upload.http.HttpServer`) runs in the same loop, one for all domains,
 whatever the components' links are doing.
 
@@ -35,6 +35,7 @@ from .local import LocalBackend
 from .metrics import SlotMetrics
 from .options import ConfigError
 from .retention import CannotDelete, Sweeper
+from .s3 import S3Backend
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,9 @@ async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper
     counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
     async with contextlib.AsyncExitStack() as running:
         running.callback(_start_metrics(config.metrics, counters))
-        if isinstance(backend, LocalBackend):  # the files are here: serve them
-            backend.expiry = accounting.ledger.expires
+        if serves_http(backend):
+            if isinstance(backend, LocalBackend):
+                backend.expiry = accounting.ledger.expires
             http = HttpServer(config.http, backend, counters if config.metrics.port is not None else None)
             await http.start()
             running.push_async_callback(http.stop)
@@ -154,6 +156,12 @@ async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper
             await asyncio.gather(*(link.drain(DRAIN_TIMEOUT) for link in links))
             await asyncio.gather(*(link.close() for link in links))
     return _exit_status(tasks)
+
+
+def serves_http(backend: Backend) -> bool:
+    """Whether the built-in HTTP server runs: for the ``local`` backend's files, and for the S3
+    backend's download redirects."""
+    return isinstance(backend, LocalBackend) or (isinstance(backend, S3Backend) and backend.redirect_from is not None)
 
 
 def _exit_status(tasks: list[asyncio.Task[None]]) -> int:

@@ -1,8 +1,9 @@
-"""AWS Signature Version 4, query-string form ("presigned URLs"), on hashlib and hmac.
+"""AWS Signature Version 4 on hashlib and hmac: query-string form ("presigned URLs") and header form.
 
 Each step of the algorithm is a small function named after it in the AWS documentation;
 :meth:`Presigner.presign` chains them, caching what changes only once a day or once a second.
-:func:`presign_query` is a one-off presign.
+:func:`presign_query` is a one-off presign; :func:`authorization_headers` signs one request
+(the S3 API calls of ``setup-bucket``) in the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ def canonical_headers(headers: Mapping[str, str]) -> tuple[str, str]:
 
 
 def canonical_request(
-    method: str, canonical_uri: str, query: str, header_block: str, signed_headers: str
+    method: str,
+    canonical_uri: str,
+    query: str,
+    header_block: str,
+    signed_headers: str,
+    payload_hash: str = UNSIGNED_PAYLOAD,
 ) -> str:
-    return "\n".join((method, canonical_uri, query, header_block, signed_headers, UNSIGNED_PAYLOAD))
+    return "\n".join((method, canonical_uri, query, header_block, signed_headers, payload_hash))
 
 
 def string_to_sign(date: str, scope: str, request: str) -> str:
@@ -176,3 +182,37 @@ def presign_query(
     return Presigner(credentials, region, service).presign(
         method, canonical_uri, header_block, signed_headers, expires, now=now, extra_params=tuple(extra_params)
     )
+
+
+def authorization_headers(
+    *,
+    method: str,
+    canonical_uri: str,
+    params: Iterable[tuple[str, str]],
+    headers: Mapping[str, str],
+    payload: bytes,
+    credentials: Credentials,
+    region: str,
+    now: float | None = None,
+    service: str = "s3",
+) -> dict[str, str]:
+    """The headers that sign a request in header form: ``headers`` (``host`` included) plus
+    ``x-amz-date``, ``x-amz-content-sha256`` (of ``payload``), ``x-amz-security-token`` with a
+    session token, and ``Authorization``. ``params`` is the query, unencoded."""
+    date = amz_date(time.time() if now is None else now)
+    scope = credential_scope(date[:8], region, service)
+    payload_hash = hashlib.sha256(payload).hexdigest()
+    signed = {**headers, "x-amz-date": date, "x-amz-content-sha256": payload_hash}
+    if credentials.session_token:
+        signed["x-amz-security-token"] = credentials.session_token
+    header_block, signed_headers = canonical_headers(signed)
+    request = canonical_request(
+        method, canonical_uri, canonical_query_string(params), header_block, signed_headers, payload_hash
+    )
+    key = signing_key(credentials.secret_access_key, date[:8], region, service)
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    signed["Authorization"] = (
+        f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, SignedHeaders={signed_headers}, "
+        f"Signature={signature(mac, string_to_sign(date, scope, request))}"
+    )
+    return signed

@@ -132,7 +132,7 @@ def test_check_names_a_bucket_without_anonymous_read(tmp_path: Path, seaweedfs: 
     get = step(lines, "get")
     assert get.startswith("FAIL  get ")
     assert "HTTP 403 AccessDenied" in get
-    assert "anonymous reads are refused: allow public read on the bucket, or set add_acl = true" in get
+    assert "anonymous reads are refused: run setup-bucket (a read-only bucket policy)" in get
     # The probe is still deleted with the configured key.
     assert step(lines, "delete").startswith("ok    delete ")
     assert lines[-1] == "the check failed"

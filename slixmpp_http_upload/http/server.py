@@ -1,4 +1,5 @@
-"""The built-in HTTP server: the ``local`` backend's PUTs and GETs, and ``/metrics``.
+"""The built-in HTTP server: the ``local`` backend's PUTs and GETs, the S3 backend's download
+redirects (``downloads = "redirect"``), and ``/metrics``.
 
 One aiohttp server for all served domains, on ``[http] bind``/``port``, in the caller's event
 loop (``serve`` runs it beside the components, so downloads go on while the XMPP side is down).
@@ -28,8 +29,10 @@ from ..config import HttpSettings
 from ..local import LocalBackend
 from ..metrics import SlotMetrics
 from ..options import ConfigError
+from ..s3 import S3Backend
 from .cors import Cors
 from .download import DownloadHandler
+from .redirect import Lookup, RedirectHandler, any_object
 from .upload import IDLE_TIMEOUT, UploadHandler
 
 log = logging.getLogger(__name__)
@@ -58,12 +61,14 @@ async def _no_early_continue(request: web.Request) -> None:
 
 def make_app(
     settings: HttpSettings,
-    backend: LocalBackend,
+    backend: LocalBackend | S3Backend,
     metrics: Sequence[SlotMetrics] | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
+    lookup: Lookup = any_object,
 ) -> web.Application:
-    """The application: PUT, GET/HEAD, OPTIONS on ``/<token>/<name>``, and ``/metrics`` when
-    ``metrics`` is given (prometheus-client must be installed)."""
+    """The application: PUT (``local`` only), GET/HEAD, OPTIONS on ``/<token>/<name>``, and
+    ``/metrics`` when ``metrics`` is given (prometheus-client must be installed). For the S3
+    backend, ``lookup`` says which objects may be served (see :mod:`.redirect`)."""
     prefix = urlsplit(settings.public_url).path
     cors = Cors(settings.cors_origins)
     app = web.Application()
@@ -72,6 +77,10 @@ def make_app(
         from ..metrics_http import metrics_handler
 
         app.router.add_get("/metrics", metrics_handler(metrics))
+    if isinstance(backend, S3Backend):  # uploads go straight to S3
+        app.router.add_get("/{path:.*}", RedirectHandler(backend, prefix, lookup).handle)
+        app.router.add_route("OPTIONS", "/{path:.*}", cors.preflight)
+        return app
     upload = UploadHandler(backend.store, backend.signer, prefix, settings.max_uploads, idle_timeout)
     app.router.add_route("PUT", "/{path:.*}", upload.handle, expect_handler=_no_early_continue)
     app.router.add_get("/{path:.*}", DownloadHandler(backend.store, prefix, backend.expiry).handle)
@@ -85,13 +94,14 @@ class HttpServer:
     def __init__(
         self,
         settings: HttpSettings,
-        backend: LocalBackend,
+        backend: LocalBackend | S3Backend,
         metrics: Sequence[SlotMetrics] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
+        lookup: Lookup = any_object,
     ) -> None:
         self.settings = settings
         self.backend = backend
-        app = make_app(settings, backend, metrics, idle_timeout)
+        app = make_app(settings, backend, metrics, idle_timeout, lookup)
         self.runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=STOP_GRACE, logger=_ServerLog(logging.getLogger("aiohttp.server"))
         )
@@ -99,11 +109,12 @@ class HttpServer:
     async def start(self) -> None:
         """Clean what a previous run left unfinished, then listen; a port that cannot be had or
         an unreadable certificate is a :class:`ConfigError`."""
-        leftovers = self.backend.store.clean_temporary()
-        if leftovers is None:
-            log.warning("another server uses %s: its unfinished uploads are left alone", self.backend.store.root)
-        elif leftovers:
-            log.info("removed %d unfinished upload(s) left by a previous run", leftovers)
+        if isinstance(self.backend, LocalBackend):
+            leftovers = self.backend.store.clean_temporary()
+            if leftovers is None:
+                log.warning("another server uses %s: its unfinished uploads are left alone", self.backend.store.root)
+            elif leftovers:
+                log.info("removed %d unfinished upload(s) left by a previous run", leftovers)
         context = self._tls_context()
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.bind, self.settings.port, ssl_context=context)
@@ -115,9 +126,13 @@ class HttpServer:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError("http.port", f"cannot listen on {where}: {reason}") from None
         scheme = "https" if context else "http"
+        if isinstance(self.backend, LocalBackend):
+            files = f"files stored in {self.backend.store.root}"
+        else:
+            files = f"downloads redirected to {self.backend.bucket.origin}{self.backend.bucket.path}"
         log.info(
-            "HTTP server on %s://%s:%d (public URL %s), files stored in %s",
-            scheme, self.settings.bind, self.settings.port, self.settings.public_url, self.backend.store.root,
+            "HTTP server on %s://%s:%d (public URL %s), %s",
+            scheme, self.settings.bind, self.settings.port, self.settings.public_url, files,
         )
 
     async def stop(self) -> None:
