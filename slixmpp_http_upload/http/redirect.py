@@ -11,8 +11,8 @@ would send for a local file. The redirect itself carries the CORS headers (added
 answer by :class:`~slixmpp_http_upload.http.cors.Cors`) and is never cached: its target expires.
 
 Whether a file may be served at all is for ``lookup`` to say, without asking S3: it returns the
-file's declared content type (``""`` for none: then ``application/octet-stream``, as for a
-``local`` file), or None for a file that is unknown, expired or deleted — a 404.
+file's declared content type, or None for a file that is unknown, expired or deleted — a 404.
+When no type was declared (``""``), S3 answers with the one the PUT gave, as an ``attachment``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ Lookup = Callable[[str], str | None]
 
 
 def any_object(key_path: str) -> str:
-    """The lookup that serves every well-formed path, its type unknown (used without a ledger)."""
+    """The lookup that serves every well-formed path, its type unknown (without a ledger)."""
     return ""
 
 
@@ -51,11 +51,8 @@ class RedirectHandler:
         if target is None or declared is None:
             return web.Response(status=404, text="no such file\n", headers=SECURITY_HEADERS)
         self.backend.sign_with(await self.backend.credentials.current())
-        content_type = declared or DEFAULT_TYPE
-        params = (
-            ("response-content-disposition", content_disposition(target.name, content_type)),
-            ("response-content-type", content_type),
-        )
+        disposition = ("response-content-disposition", content_disposition(target.name, declared or DEFAULT_TYPE))
+        params = (disposition, ("response-content-type", declared)) if declared else (disposition,)
         location = self.backend.presigned_url(
             request.method,
             key_path,
