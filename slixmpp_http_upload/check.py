@@ -111,18 +111,29 @@ def _plain_text(body: bytes) -> str | None:
 
 
 def preflight(url: str, origin: str) -> str:
-    """The CORS preflight of a browser's PUT with a Content-Type from ``origin``."""
+    """The CORS preflight of a browser's PUT with a Content-Type from ``origin``, judged as
+    Chromium does: the origin, ``PUT`` and ``content-type`` must each be allowed."""
     headers = {"Origin": origin, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type"}
     try:
         answer = http("OPTIONS", url, headers=headers)
     except StepFailed as failure:
         raise StepFailed(f"{failure} — {CORS_HINT.format(origin=origin)}") from None
     allowed = answer.headers.get("Access-Control-Allow-Origin")
-    methods = answer.headers.get("Access-Control-Allow-Methods", "PUT")
-    if allowed not in (origin, "*") or "PUT" not in methods.upper():
-        seen = f"Allow-Origin {allowed!r}, Allow-Methods {methods!r}"
+    methods = answer.headers.get("Access-Control-Allow-Methods", "")
+    request_headers = answer.headers.get("Access-Control-Allow-Headers", "")
+    if (
+        allowed not in (origin, "*")
+        or not {"PUT", "*"} & _listed(methods.upper())
+        or not {"CONTENT-TYPE", "*"} & _listed(request_headers.upper())
+    ):
+        seen = f"Allow-Origin {allowed!r}, Allow-Methods {methods!r}, Allow-Headers {request_headers!r}"
         raise StepFailed(f"HTTP {answer.status} but {seen} — {CORS_HINT.format(origin=origin)}")
     return f"HTTP {answer.status}, PUT with content-type allowed"
+
+
+def _listed(value: str) -> set[str]:
+    """The items of a comma-separated header value."""
+    return {item.strip() for item in value.split(",")}
 
 
 def allowed_origin(answer: HttpAnswer, origin: str) -> str:
