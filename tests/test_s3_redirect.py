@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiohttp
 import pytest
 
-from helpers import DOMAIN, seaweedfs_s3, serve_config, upload_and_fetch
+from helpers import DOMAIN, run_cli, seaweedfs_s3, serve_config, upload_and_fetch
 from servers import SeaweedFS, anonymous_request, free_ports
 from slixmpp_http_upload.config import parse_config
 from slixmpp_http_upload.options import ConfigError
@@ -155,3 +155,16 @@ def test_the_service_takes_no_uploads_with_redirect(redirect_service: tuple[Any,
     _, port = redirect_service
     status, _ = anonymous_request("PUT", f"http://127.0.0.1:{port}/{'a' * 64}/x.txt", b"x")
     assert status == 405
+
+
+def test_check_passes_through_the_redirect(redirect_service: tuple[Any, int], private_bucket: str) -> None:
+    process, _ = redirect_service
+    status, out, err = run_cli("check", "-c", str(process.config), "--origin", "https://chat.example.org")
+    lines = out.splitlines()
+    assert (status, err) == (0, ""), lines
+    assert [line.split()[:2] for line in lines if not line.startswith("warn")] == [
+        ["ok", "slot"], ["ok", "preflight"], ["ok", "put"], ["ok", "get"], ["ok", "private"], ["ok", "delete"],
+        ["all", "checks"],
+    ]
+    assert "through the service's redirect" in next(line for line in lines if line.startswith("ok    get"))
+    assert "plain S3 URL answers HTTP 403" in next(line for line in lines if line.startswith("ok    private"))
