@@ -12,13 +12,16 @@ Chromium sends it before Converse.js's PUT (``OPTIONS`` with ``Origin``,
 ``Access-Control-Request-Method: PUT``, ``Access-Control-Request-Headers: content-type``), then
 the PUT from that origin, whose answer must carry its ``Access-Control-Allow-Origin``. With
 ``downloads = "redirect"`` the GET goes through the service's own URL (``serve`` must be
-running) and the object's plain S3 URL should refuse anonymous readers (a warning if not).
+running): the probe is written to the ledger file for the time of the check, since the service
+serves only what the ledger records; the object's plain S3 URL should refuse anonymous readers
+(a warning if not).
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from .ledger import Ledger, SlotRecord
 from .local import LocalBackend
 from .s3 import S3Backend
 from .slot import SlotRequest, SlotsUnavailable
@@ -146,9 +150,14 @@ def allowed_origin(answer: HttpAnswer, origin: str) -> str:
 
 
 def run_check(
-    backend: S3Backend | LocalBackend, domain: str, out: TextIO, origins: Sequence[str] = ()
+    backend: S3Backend | LocalBackend,
+    domain: str,
+    out: TextIO,
+    origins: Sequence[str] = (),
+    ledger: Ledger | None = None,
 ) -> bool:
-    """Run every step, print one line each; True when all passed."""
+    """Run every step, print one line each; True when all passed. The probe's slot is recorded
+    in ``ledger`` while the check runs."""
     filename = f"slixmpp-http-upload-check-{secrets.token_hex(4)}.txt"
     request = SlotRequest(filename=filename, size=len(PROBE), content_type="text/plain", domain=domain)
     try:
@@ -196,17 +205,26 @@ def run_check(
         *((("private", private),) if redirect else ()),
         ("delete", delete),
     ]
+    if ledger is not None and slot.key is not None:
+        now = time.time()
+        probe = SlotRecord(slot.key, "", domain, len(PROBE), "text/plain", "message", now, now + backend.expiration_time)
+        ledger.add(probe)
+        ledger.flush()
     passed = True
-    for name, step in steps:
-        try:
-            out.write(f"ok    {name:<7} {step()}\n")
-        except StepFailed as failure:
-            out.write(f"FAIL  {name:<7} {failure}\n")
-            passed = False
-            if name == "put":
-                for later, _ in steps[steps.index((name, step)) + 1 :]:
-                    out.write(f"skip  {later:<7} (nothing was uploaded)\n")
-                break
+    try:
+        for name, step in steps:
+            try:
+                out.write(f"ok    {name:<7} {step()}\n")
+            except StepFailed as failure:
+                out.write(f"FAIL  {name:<7} {failure}\n")
+                passed = False
+                if name == "put":
+                    for later, _ in steps[steps.index((name, step)) + 1 :]:
+                        out.write(f"skip  {later:<7} (nothing was uploaded)\n")
+                    break
+    finally:
+        if ledger is not None and slot.key is not None:
+            ledger.remove([slot.key], forget=True)
     out.write("all checks passed\n" if passed else "the check failed\n")
     return passed
 

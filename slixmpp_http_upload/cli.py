@@ -24,10 +24,11 @@ from .config import Config, UploadSettings, config_path, cors_origins, load_conf
 from .ledger import Ledger, SlotRecord
 from .local import LocalBackend
 from .options import ConfigError, domain_name
+from .purposes import DEFAULT_PURPOSE
 from .retention import CannotDelete, delete_records, deleter, sweep
 from .s3 import S3Backend
 from .sigv4 import MAX_EXPIRES
-from .slot import BadRequest, FileTooLarge, SlotsUnavailable, make_request
+from .slot import BadRequest, FileTooLarge, Slot, SlotRequest, SlotsUnavailable, make_request
 
 PROG = "slixmpp-http-upload"
 
@@ -63,6 +64,8 @@ def command_urls(args: argparse.Namespace, config: Config) -> int:
     except (BadRequest, FileTooLarge) as error:
         raise Refused(str(error)) from None
     slot = asyncio.run(backend.create_slot(request))
+    if isinstance(backend, S3Backend) and backend.redirect_from is not None:
+        _record_unowned(settings, request, slot)  # serve redirects only what the ledger records
     print(f"PutURL: {slot.put_url}")
     print(f"GetURL: {slot.get_url}")
     for name, value in slot.put_headers:
@@ -80,7 +83,11 @@ def command_check(args: argparse.Namespace, config: Config) -> int:
     if args.origin and not isinstance(backend, S3Backend):
         raise Refused("--origin is for the s3 backend (the built-in HTTP server answers CORS by [http] cors_origins)")
     domain = config.component.domains[0] if config.component.domains else "localhost"
-    return 0 if run_check(backend, domain, sys.stdout, origins=web_origins(args.origin or [])) else 1
+    origins = web_origins(args.origin or [])
+    if isinstance(backend, S3Backend) and backend.redirect_from is not None:  # serve answers from the ledger
+        with _ledger(config.http_upload) as ledger:
+            return 0 if run_check(backend, domain, sys.stdout, origins, ledger) else 1
+    return 0 if run_check(backend, domain, sys.stdout, origins) else 1
 
 
 def web_origins(values: Sequence[str]) -> tuple[str, ...]:
@@ -184,6 +191,17 @@ def _ledger(settings: UploadSettings) -> Iterator[Ledger]:
         yield ledger
     finally:
         ledger.close()
+
+
+def _record_unowned(settings: UploadSettings, request: SlotRequest, slot: Slot) -> None:
+    """Write a slot no user asked for to the ledger, expiring as the default purpose's files do."""
+    now = time.time()
+    rules = settings.purposes.get(DEFAULT_PURPOSE)
+    expires = now + rules.expire_after if rules is not None and rules.expire_after is not None else None
+    record = SlotRecord(slot.key or slot.get_url, "", request.domain, request.size, request.content_type,
+                        DEFAULT_PURPOSE, now, expires)
+    with _ledger(settings) as ledger:
+        ledger.add(record)
 
 
 def _refuse_if_cannot_delete(backend: object) -> None:

@@ -36,6 +36,7 @@ from .metrics import SlotMetrics
 from .options import ConfigError
 from .retention import CannotDelete, Sweeper
 from .s3 import S3Backend
+from .served import ServedFiles
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +136,13 @@ async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper
     async with contextlib.AsyncExitStack() as running:
         running.callback(_start_metrics(config.metrics, counters))
         if serves_http(backend):
+            lookup = None
             if isinstance(backend, LocalBackend):
                 backend.expiry = accounting.ledger.expires
-            http = HttpServer(config.http, backend, counters if config.metrics.port is not None else None)
+            else:
+                lookup = ServedFiles(accounting.ledger)
+                running.callback(lookup.close)
+            http = HttpServer(config.http, backend, counters if config.metrics.port is not None else None, lookup=lookup)
             await http.start()
             running.push_async_callback(http.stop)
         stop = asyncio.Event()

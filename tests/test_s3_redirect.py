@@ -1,11 +1,14 @@
 """``downloads = "redirect"``: the S3 backend's GET URLs point at the built-in HTTP server, which
-answers GET and HEAD with a 302 to a presigned S3 URL for that method. Against a real SeaweedFS
+answers GET and HEAD with a 302 to a presigned S3 URL for that method — for the files the ledger
+records, until they expire or are purged (404 without asking S3). Against a real SeaweedFS
 bucket that nobody may read anonymously, through a real Prosody and slixmpp's own XEP-0363
 client; the redirect's headers are read without following it."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +26,8 @@ from slixmpp_http_upload.options import ConfigError
 from slixmpp_http_upload.s3 import S3Backend
 from slixmpp_http_upload.slot import SlotRequest
 
+EXPIRE_AFTER = 4
+"""Seconds a ``message`` file is served (``profile`` files are kept)."""
 S3_TABLE = {"bucket_url": "https://s3.example.org/bucket", "region": "eu-west-1", "access_key_id": "AK", "secret_access_key": "SK"}
 
 
@@ -96,7 +101,15 @@ def redirect_service(
     """``serve`` through Prosody with ``downloads = "redirect"`` on the private bucket."""
     (port,) = free_ports(1)
     s3 = {**seaweedfs_s3(seaweedfs), "bucket_url": private_bucket, "downloads": "redirect", "redirect_expiration": 120}
-    process = start_serve(serve_config(prosody, s3, max_file_size=1 << 20, http={"port": port}))
+    document = serve_config(prosody, s3, max_file_size=1 << 20, http={"port": port})
+    document["http_upload"].update(
+        {
+            "purposes": ["message", "profile"],
+            "expire_after": EXPIRE_AFTER,
+            "purpose": {"profile": {"expire_after": "infinity"}},
+        }
+    )
+    process = start_serve(document)
     yield process, port
     process.stop()
 
@@ -109,7 +122,7 @@ async def test_upload_through_prosody_then_get_through_the_redirect(
     await xmpp_clients.wait_for_service(xmpp, "upload.localhost")
     path = tmp_path / "photo été.png"
     path.write_bytes(secrets.token_bytes(70_000))
-    url = await upload_and_fetch(xmpp, path)  # the anonymous GET follows the redirect
+    url = await upload_and_fetch(xmpp, path, "profile")  # the anonymous GET follows the redirect
     assert url.startswith(f"http://127.0.0.1:{port}/")
     object_path = urlsplit(url).path
 
@@ -124,9 +137,9 @@ async def test_upload_through_prosody_then_get_through_the_redirect(
     assert location.startswith(private_bucket + object_path + "?")
     query = parse_qs(urlsplit(location).query)
     assert query["X-Amz-Expires"] == ["120"]
-    assert "response-content-type" not in query  # the declared type is not known here: S3 keeps its own
+    assert query["response-content-type"] == ["image/png"]  # the declared type, from the ledger
     assert query["response-content-disposition"] == [
-        "attachment; filename=\"photo _t_.png\"; filename*=UTF-8''photo%20%C3%A9t%C3%A9.png"
+        "inline; filename=\"photo _t_.png\"; filename*=UTF-8''photo%20%C3%A9t%C3%A9.png"
     ]
     with urllib.request.urlopen(location) as answer:  # S3 answers with those headers
         assert answer.headers["Content-Type"] == "image/png"
@@ -168,3 +181,34 @@ def test_check_passes_through_the_redirect(redirect_service: tuple[Any, int], pr
     ]
     assert "through the service's redirect" in next(line for line in lines if line.startswith("ok    get"))
     assert "plain S3 URL answers HTTP 403" in next(line for line in lines if line.startswith("ok    private"))
+
+
+def gone(url: str) -> bool:
+    """The service answers 404 itself (no redirect: S3 is not asked)."""
+    status, headers = unfollowed("GET", url)
+    assert status in (302, 404), status
+    return status == 404 and "Location" not in headers
+
+
+async def test_purged_and_expired_files_are_404(
+    redirect_service: tuple[Any, int], prosody: Any, xmpp_clients: Any, tmp_path: Path
+) -> None:
+    process, _ = redirect_service
+    xmpp = await xmpp_clients.connect(prosody, "bob")
+    await xmpp_clients.wait_for_service(xmpp, "upload.localhost")
+    kept, expiring = tmp_path / "kept.txt", tmp_path / "expiring.txt"
+    kept.write_bytes(b"kept until purged\n")
+    expiring.write_bytes(b"served for a few seconds\n")
+    kept_url = await upload_and_fetch(xmpp, kept, "profile")
+    expiring_url = await upload_and_fetch(xmpp, expiring)  # a message: expires
+    assert not gone(kept_url) and not gone(expiring_url)
+
+    deadline = time.monotonic() + EXPIRE_AFTER + 30
+    while not gone(expiring_url):
+        assert time.monotonic() < deadline, "the expired file is still redirected"
+        await asyncio.sleep(0.5)
+    assert not gone(kept_url)
+
+    status, out, err = await asyncio.to_thread(run_cli, "purge", "-c", str(process.config), "bob@localhost")
+    assert status == 0, err
+    assert gone(kept_url)  # purged by another process: the ledger file says so at once

@@ -10,7 +10,8 @@ for one method only: SeaweedFS answers 403 to a HEAD on a GET-signed one), valid
 would send for a local file. The redirect itself carries the CORS headers (added to every
 answer by :class:`~slixmpp_http_upload.http.cors.Cors`) and is never cached: its target expires.
 
-Whether a file may be served at all is for ``lookup`` to say, without asking S3: it returns the
+Whether a file may be served at all is for ``lookup`` to say, without asking S3 (``serve`` uses
+:class:`~slixmpp_http_upload.served.ServedFiles`, the ledger's answer): it returns the
 file's declared content type, or None for a file that is unknown, expired or deleted — a 404.
 When no type was declared (``""``), S3 answers with the one the PUT gave, as an ``attachment``.
 """
@@ -31,15 +32,10 @@ Lookup = Callable[[str], str | None]
 (``""`` when none was declared), or None when it must not be served."""
 
 
-def any_object(key_path: str) -> str:
-    """The lookup that serves every well-formed path, its type unknown (without a ledger)."""
-    return ""
-
-
 class RedirectHandler:
     """The GET/HEAD handler of the built-in HTTP server for the S3 backend's downloads."""
 
-    def __init__(self, backend: S3Backend, prefix: str, lookup: Lookup = any_object) -> None:
+    def __init__(self, backend: S3Backend, prefix: str, lookup: Lookup) -> None:
         self.backend = backend
         self.prefix = prefix
         self.lookup = lookup

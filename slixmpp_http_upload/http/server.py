@@ -32,7 +32,7 @@ from ..options import ConfigError
 from ..s3 import S3Backend
 from .cors import Cors
 from .download import DownloadHandler
-from .redirect import Lookup, RedirectHandler, any_object
+from .redirect import Lookup, RedirectHandler
 from .upload import IDLE_TIMEOUT, UploadHandler
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,11 @@ def make_app(
     backend: LocalBackend | S3Backend,
     metrics: Sequence[SlotMetrics] | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
-    lookup: Lookup = any_object,
+    lookup: Lookup | None = None,
 ) -> web.Application:
     """The application: PUT (``local`` only), GET/HEAD, OPTIONS on ``/<token>/<name>``, and
-    ``/metrics`` when ``metrics`` is given (prometheus-client must be installed). For the S3
-    backend, ``lookup`` says which objects may be served (see :mod:`.redirect`)."""
+    ``/metrics`` when ``metrics`` is given (prometheus-client must be installed). The S3
+    backend needs ``lookup``, which says which objects may be served (see :mod:`.redirect`)."""
     prefix = urlsplit(settings.public_url).path
     cors = Cors(settings.cors_origins)
     app = web.Application()
@@ -78,6 +78,8 @@ def make_app(
 
         app.router.add_get("/metrics", metrics_handler(metrics))
     if isinstance(backend, S3Backend):  # uploads go straight to S3
+        if lookup is None:
+            raise ValueError("the S3 download redirect needs a lookup (such as ServedFiles of the ledger)")
         app.router.add_get("/{path:.*}", RedirectHandler(backend, prefix, lookup).handle)
         app.router.add_route("OPTIONS", "/{path:.*}", cors.preflight)
         return app
@@ -97,7 +99,7 @@ class HttpServer:
         backend: LocalBackend | S3Backend,
         metrics: Sequence[SlotMetrics] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
-        lookup: Lookup = any_object,
+        lookup: Lookup | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
