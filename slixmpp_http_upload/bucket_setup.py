@@ -13,7 +13,8 @@ Two settings of the bucket matter to XMPP clients:
 Each setting is read first (``GetBucketCors``, ``GetBucketPolicy``) and written only when it
 differs, so a second run changes nothing. The calls are signed in the ``Authorization`` header
 (:func:`~slixmpp_http_upload.sigv4.authorization_headers`). A server that lacks one of these
-APIs answers ``NotImplemented`` (or 501/405): the command says which API and exits non-zero.
+APIs answers ``NotImplemented`` (or 501/405): the command says which API, still tries the other
+setting, and exits non-zero.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class CorsRule:
     max_age: int | None = None
 
     def normalized(self) -> CorsRule:
-        return CorsRule(*(tuple(sorted(values)) for values in (self.origins, self.methods, self.headers, self.expose)), self.max_age)
+        """The same rule with each list sorted (servers may answer in another order)."""
+        lists = (self.origins, self.methods, self.headers, self.expose)
+        return CorsRule(*(tuple(sorted(values)) for values in lists), self.max_age)
 
 
 def wanted_cors(origins: Sequence[str]) -> list[CorsRule]:
@@ -206,9 +209,10 @@ def _api_name(method: str, subresource: str) -> str:
     return f"{verb}Bucket{'Cors' if subresource == 'cors' else 'Policy'}"
 
 
-def setup_bucket(backend: S3Backend, origins: Sequence[str], out: TextIO, dry_run: bool = False) -> None:
+def setup_bucket(backend: S3Backend, origins: Sequence[str], out: TextIO, dry_run: bool = False) -> bool:
     """Bring the bucket's CORS rules and policy to what ``backend`` needs, printing each change
-    (or, with ``dry_run``, the documents it would send, without a request)."""
+    (or, with ``dry_run``, the documents it would send, without a request). A setting that
+    fails is printed as ``FAIL`` and the other one is still tried; returns whether both worked."""
     direct = backend.redirect_from is None
     rules = wanted_cors(origins)
     if dry_run:
@@ -216,31 +220,42 @@ def setup_bucket(backend: S3Backend, origins: Sequence[str], out: TextIO, dry_ru
         if direct:
             out.write("PutBucketPolicy:\n" + json.dumps(wanted_policy(backend), indent=2) + "\n")
         else:
-            out.write("no bucket policy (downloads = \"redirect\"); one set by setup-bucket would be deleted\n")
-        return
+            out.write('no bucket policy (downloads = "redirect"); one set by setup-bucket would be deleted\n')
+        return True
     api = BucketApi(backend)
+    passed = True
+    for name, step in (("cors", lambda: _set_cors(api, rules, origins)), ("policy", lambda: _set_policy(api, direct))):
+        try:
+            out.write(f"{name:<7} {step()}\n")
+        except SetupFailed as failure:
+            out.write(f"{name:<7} FAIL: {failure}\n")
+            passed = False
+    return passed
+
+
+def _set_cors(api: BucketApi, rules: list[CorsRule], origins: Sequence[str]) -> str:
     status, current = api.call("GET", "cors")
     if status == 200 and same_cors(parse_cors_xml(current), rules):
-        out.write("cors    unchanged\n")
-    else:
-        api.call("PUT", "cors", cors_xml(rules))
-        out.write(f"cors    set: PUT from {', '.join(origins)}; GET and HEAD from any origin\n")
+        return "unchanged"
+    api.call("PUT", "cors", cors_xml(rules))
+    return f"set: PUT from {', '.join(origins)}; GET and HEAD from any origin"
+
+
+def _set_policy(api: BucketApi, direct: bool) -> str:
     status, current = api.call("GET", "policy")
     policy = _json(current) if status == 200 else None
     if direct:
-        wanted = wanted_policy(backend)
+        wanted = wanted_policy(api.backend)
         if policy == wanted:
-            out.write("policy  unchanged\n")
-        else:
-            api.call("PUT", "policy", json.dumps(wanted).encode())
-            out.write(f"policy  set: anonymous GetObject on {wanted['Statement'][0]['Resource']} (no listing)\n")
-    elif policy is not None and _is_ours(policy):
+            return "unchanged"
+        api.call("PUT", "policy", json.dumps(wanted).encode())
+        return f"set: anonymous GetObject on {wanted['Statement'][0]['Resource']} (no listing)"
+    if policy is not None and _is_ours(policy):
         api.call("DELETE", "policy")
-        out.write('policy  deleted: anonymous read is not needed with downloads = "redirect"\n')
-    elif policy is not None:
-        out.write("policy  left as it is (not set by setup-bucket): check that it does not allow anonymous read\n")
-    else:
-        out.write("policy  none, as downloads = \"redirect\" needs\n")
+        return 'deleted: anonymous read is not needed with downloads = "redirect"'
+    if policy is not None:
+        return "left as it is (not set by setup-bucket): check that it does not allow anonymous read"
+    return 'none, as downloads = "redirect" needs'
 
 
 def _json(body: bytes) -> dict[str, Any] | None:

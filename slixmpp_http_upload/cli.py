@@ -102,17 +102,13 @@ def web_origins(values: Sequence[str]) -> tuple[str, ...]:
 
 def command_setup_bucket(args: argparse.Namespace, config: Config) -> int:
     """Set the bucket's CORS rules (and, for direct downloads, its anonymous-read policy)."""
-    from .bucket_setup import SetupFailed, setup_bucket
+    from .bucket_setup import setup_bucket
 
     backend = create_backend(config.http_upload)
     if not isinstance(backend, S3Backend):
         raise Refused(f"setup-bucket is for the s3 backend, not {config.http_upload.backend!r}")
     origins = web_origins(args.origin) or config.http.cors_origins
-    try:
-        setup_bucket(backend, origins, sys.stdout, dry_run=args.dry_run)
-    except SetupFailed as error:
-        raise Refused(str(error)) from None
-    return 0
+    return 0 if setup_bucket(backend, origins, sys.stdout, dry_run=args.dry_run) else 1
 
 
 def command_serve(args: argparse.Namespace, config: Config) -> int:

@@ -22,8 +22,10 @@ import pytest
 from helpers import DOMAIN, run_cli, seaweedfs_s3, serve_config, upload_and_fetch
 from servers import SeaweedFS, anonymous_request, free_ports
 from slixmpp_http_upload.config import parse_config
+from slixmpp_http_upload.ledger import IN_MEMORY, Ledger, SlotRecord
 from slixmpp_http_upload.options import ConfigError
 from slixmpp_http_upload.s3 import S3Backend
+from slixmpp_http_upload.served import ServedFiles
 from slixmpp_http_upload.slot import SlotRequest
 
 EXPIRE_AFTER = 4
@@ -67,6 +69,46 @@ def test_bad_redirect_options(option: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         backend_of({**S3_TABLE, option: value})
     assert str(raised.value).startswith(message)
+
+
+def record(key: str, issued: float, expires: float | None, content_type: str | None = "image/png") -> SlotRecord:
+    return SlotRecord(key, "alice@localhost", DOMAIN, 10, content_type, "message", issued, expires)
+
+
+def test_served_files_from_memory_only() -> None:
+    ledger = Ledger(IN_MEMORY)
+    served = ServedFiles(ledger, clock=lambda: 1000.0)
+    ledger.add(record("/b/t1/a.png", 900.0, None))
+    ledger.add(record("/b/t2/a.bin", 900.0, 1000.0, None))
+    ledger.add(record("/b/t3/a.png", 900.0, 1000.5))
+    assert served("/b/t1/a.png") == "image/png"
+    assert served("/b/t2/a.bin") is None  # expired at this very second
+    assert served("/b/t3/a.png") == "image/png"
+    assert served("/b/t9/a.png") is None  # never recorded
+    ledger.close()
+
+
+def test_served_files_the_file_decides(tmp_path: Path) -> None:
+    now = [1000.0]
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    served = ServedFiles(ledger, clock=lambda: now[0])
+    ledger.add(record("/b/old/a.png", 900.0, None))
+    ledger.add(record("/b/new/a.png", 999.5, None, None))
+    ledger.flush()
+    other = Ledger(tmp_path / "ledger.sqlite")  # another process: purge
+    other.remove(["/b/old/a.png"], forget=True)
+    other.add(record("/b/probe/a.txt", 999.0, 1100.0, "text/plain"))  # another process: check
+    other.close()
+    assert served("/b/old/a.png") is None  # still in this process's memory, but purged
+    assert served("/b/probe/a.txt") == "text/plain"
+    ledger.remove(["/b/new/a.png"], forget=True)
+    ledger.flush()
+    ledger.records["/b/new/a.png"] = record("/b/new/a.png", 999.5, None, None)  # not written yet
+    assert served("/b/new/a.png") == ""  # a slot of the last second: memory vouches
+    now[0] = 1001.0
+    assert served("/b/new/a.png") is None
+    served.close()
+    ledger.close()
 
 
 # ------------------------------------------------------------------------ live
