@@ -2,8 +2,9 @@
 
 A TOML file has the tables ``[component]`` (used by ``serve``), ``[http_upload]`` (the
 MongooseIM ``mod_http_upload`` options, plus the backend's own table ``[http_upload.<backend>]``),
-``[http]`` (the built-in HTTP server of the ``local`` backend) and ``[metrics]``. The plugin's
-config dict takes the ``[http_upload]`` keys, checked by the same :func:`parse_upload_settings`.
+``[http]`` (the built-in HTTP server of the ``local`` backend and of S3 download redirects) and
+``[metrics]``. The plugin's config dict takes the ``[http_upload]`` keys, checked by the same
+:func:`parse_upload_settings`.
 Relative paths in the file are relative to the file's folder.
 """
 
@@ -193,9 +194,9 @@ HTTP_OPTIONS = (
     Option("max_uploads", 64, integer(1, 100_000)),
 )
 """The ``[http]`` table: the built-in HTTP server (taking PUTs and serving GETs of the ``local``
-backend). ``public_url`` defaults to ``http[s]://<bind>:<port>`` (none for a wildcard ``bind``);
-``tls_cert``/``tls_key`` (both or neither) make the server speak https itself; ``max_uploads``
-bounds the uploads in progress."""
+backend; redirecting GETs with S3's ``downloads = "redirect"``). ``public_url`` defaults to
+``http[s]://<bind>:<port>`` (none for a wildcard ``bind``); ``tls_cert``/``tls_key`` (both or
+neither) make the server speak https itself; ``max_uploads`` bounds the uploads in progress."""
 
 METRICS_OPTIONS = (
     Option("host", "127.0.0.1", text),
@@ -228,7 +229,8 @@ class UploadSettings:
     """The ledger file (None: kept in memory only)."""
     backend_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     public_url: str = DEFAULT_PUBLIC_URL
-    """Where the built-in HTTP server is reached (``[http] public_url``): the ``local`` backend's slots."""
+    """Where the built-in HTTP server is reached (``[http] public_url``): the ``local`` backend's
+    slots, and S3's GET URLs with ``downloads = "redirect"``."""
     base_dir: Path = field(default_factory=Path.cwd)
     """What relative paths of the backend's table are relative to (the configuration file's folder)."""
 

@@ -1,4 +1,4 @@
-"""The built-in HTTP server of the ``local`` backend (see :mod:`.server`)."""
+"""The built-in HTTP server of the ``local`` backend and of S3 download redirects (see :mod:`.server`)."""
 
 from .server import HttpServer, make_app
 
