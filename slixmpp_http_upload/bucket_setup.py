@@ -53,8 +53,10 @@ class CorsRule:
 
     def normalized(self) -> CorsRule:
         """The same rule with each list sorted (servers may answer in another order)."""
-        lists = (self.origins, self.methods, self.headers, self.expose)
-        return CorsRule(*(tuple(sorted(values)) for values in lists), self.max_age)
+        origins, methods, headers, expose = (
+            tuple(sorted(values)) for values in (self.origins, self.methods, self.headers, self.expose)
+        )
+        return CorsRule(origins, methods, headers, expose, self.max_age)
 
 
 def wanted_cors(origins: Sequence[str]) -> list[CorsRule]:

@@ -117,7 +117,11 @@ def _plain_text(body: bytes) -> str | None:
 def preflight(url: str, origin: str) -> str:
     """The CORS preflight of a browser's PUT with a Content-Type from ``origin``, judged as
     Chromium does: the origin, ``PUT`` and ``content-type`` must each be allowed."""
-    headers = {"Origin": origin, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type"}
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "content-type",
+    }
     try:
         answer = http("OPTIONS", url, headers=headers)
     except StepFailed as failure:
@@ -184,7 +188,8 @@ def run_check(
     def private() -> str:
         status = anonymous_status(object_url)
         if status == 200:
-            out.write("warn  private the object's plain S3 URL is readable by anyone; redirect needs no public bucket\n")
+            warning = "the object's plain S3 URL is readable by anyone; redirect needs no public bucket"
+            out.write(f"warn  private {warning}\n")
         return f"plain S3 URL answers HTTP {status} to anonymous readers"
 
     def delete() -> str:
@@ -207,7 +212,8 @@ def run_check(
     ]
     if ledger is not None and slot.key is not None:
         now = time.time()
-        probe = SlotRecord(slot.key, "", domain, len(PROBE), "text/plain", "message", now, now + backend.expiration_time)
+        expires = now + backend.expiration_time
+        probe = SlotRecord(slot.key, "", domain, len(PROBE), "text/plain", "message", now, expires)
         ledger.add(probe)
         ledger.flush()
     passed = True

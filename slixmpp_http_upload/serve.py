@@ -135,14 +135,15 @@ async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper
     counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
     async with contextlib.AsyncExitStack() as running:
         running.callback(_start_metrics(config.metrics, counters))
-        if serves_http(backend):
+        if (served := served_over_http(backend)) is not None:
             lookup = None
-            if isinstance(backend, LocalBackend):
-                backend.expiry = accounting.ledger.expires
+            if isinstance(served, LocalBackend):
+                served.expiry = accounting.ledger.expires
             else:
                 lookup = ServedFiles(accounting.ledger)
                 running.callback(lookup.close)
-            http = HttpServer(config.http, backend, counters if config.metrics.port is not None else None, lookup=lookup)
+            metrics = counters if config.metrics.port is not None else None
+            http = HttpServer(config.http, served, metrics, lookup=lookup)
             await http.start()
             running.push_async_callback(http.stop)
         stop = asyncio.Event()
@@ -163,10 +164,14 @@ async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper
     return _exit_status(tasks)
 
 
-def serves_http(backend: Backend) -> bool:
-    """Whether the built-in HTTP server runs: for the ``local`` backend's files, and for the S3
-    backend's download redirects."""
-    return isinstance(backend, LocalBackend) or (isinstance(backend, S3Backend) and backend.redirect_from is not None)
+def served_over_http(backend: Backend) -> LocalBackend | S3Backend | None:
+    """``backend`` when the built-in HTTP server runs for it (the ``local`` backend's files, the
+    S3 backend's download redirects), else None."""
+    if isinstance(backend, LocalBackend):
+        return backend
+    if isinstance(backend, S3Backend) and backend.redirect_from is not None:
+        return backend
+    return None
 
 
 def _exit_status(tasks: list[asyncio.Task[None]]) -> int:

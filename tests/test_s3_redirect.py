@@ -30,7 +30,12 @@ from slixmpp_http_upload.slot import SlotRequest
 
 EXPIRE_AFTER = 4
 """Seconds a ``message`` file is served (``profile`` files are kept)."""
-S3_TABLE = {"bucket_url": "https://s3.example.org/bucket", "region": "eu-west-1", "access_key_id": "AK", "secret_access_key": "SK"}
+S3_TABLE = {
+    "bucket_url": "https://s3.example.org/bucket",
+    "region": "eu-west-1",
+    "access_key_id": "AK",
+    "secret_access_key": "SK",
+}
 
 
 def backend_of(s3: dict[str, Any], http: dict[str, Any] | None = None) -> S3Backend:
