@@ -18,10 +18,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import DOMAIN, run_cli, seaweedfs_s3, serve_config, upload_and_fetch
 from servers import SeaweedFS, anonymous_request, free_ports
-from slixmpp_http_upload.config import parse_config
+from slixmpp_http_upload.config import parse_config, parse_http_settings
+from slixmpp_http_upload.credentials import CredentialsUnavailable
+from slixmpp_http_upload.http import make_app
 from slixmpp_http_upload.ledger import IN_MEMORY, Ledger, SlotRecord
 from slixmpp_http_upload.options import ConfigError
 from slixmpp_http_upload.s3 import S3Backend
@@ -259,3 +262,20 @@ async def test_purged_and_expired_files_are_404(
     status, out, err = await asyncio.to_thread(run_cli, "purge", "-c", str(process.config), "bob@localhost")
     assert status == 0, err
     assert gone(kept_url)  # purged by another process: the ledger file says so at once
+
+
+async def test_no_credentials_is_503_not_a_crash(tmp_path: Path) -> None:
+    class Failing:
+        async def current(self) -> Any:
+            raise CredentialsUnavailable("the AWS chain found no credentials")
+
+        def resolve(self) -> Any:
+            raise CredentialsUnavailable("the AWS chain found no credentials")
+
+    backend = backend_of({**S3_TABLE, "downloads": "redirect"})
+    backend.credentials = Failing()
+    app = make_app(parse_http_settings({}, tmp_path), backend, lookup=lambda key: "text/plain")
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.get(f"/{'a' * 64}/x.txt", allow_redirects=False)
+        assert (answer.status, answer.headers["Retry-After"]) == (503, "5")
+        assert "Location" not in answer.headers

@@ -14,18 +14,26 @@ Whether a file may be served at all is for ``lookup`` to say, without asking S3 
 :class:`~slixmpp_http_upload.served.ServedFiles`, the ledger's answer): it returns the
 file's declared content type, or None for a file that is unknown, expired or deleted — a 404.
 When no type was declared (``""``), S3 answers with the one the PUT gave, as an ``attachment``.
+When no credentials can be had to sign with (the AWS chain failing), the answer is 503.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from aiohttp import web
 
+from ..credentials import CredentialsUnavailable
 from ..s3 import S3Backend
 from ..sigv4 import uri_encode
 from .download import DEFAULT_TYPE, SECURITY_HEADERS, content_disposition
 from .target import parse_target
+
+log = logging.getLogger(__name__)
+
+RETRY_LATER = {**SECURITY_HEADERS, "Retry-After": "5"}
+"""With a 503 when no credentials can sign the redirect now (the AWS chain failed)."""
 
 Lookup = Callable[[str], str | None]
 """``lookup(key_path)``: the declared content type of the object at the encoded ``key_path``
@@ -46,7 +54,11 @@ class RedirectHandler:
         declared = self.lookup(key_path) if target else None
         if target is None or declared is None:
             return web.Response(status=404, text="no such file\n", headers=SECURITY_HEADERS)
-        self.backend.sign_with(await self.backend.credentials.current())
+        try:
+            self.backend.sign_with(await self.backend.credentials.current())
+        except CredentialsUnavailable as error:
+            log.warning("cannot redirect a download: %s", error)
+            return web.Response(status=503, text="storage unavailable; try again later\n", headers=RETRY_LATER)
         disposition = ("response-content-disposition", content_disposition(target.name, declared or DEFAULT_TYPE))
         params = (disposition, ("response-content-type", declared)) if declared else (disposition,)
         location = self.backend.presigned_url(
