@@ -45,7 +45,8 @@ class Accounting:
         )
         self._limited = self.quotas.active
         if self._limited:
-            for record in (*ledger.history, *ledger.records.values()):
+            # oldest first, gone or not: each window forgets from its front
+            for record in sorted((*ledger.history, *ledger.records.values()), key=lambda record: record.issued):
                 self.quotas.count(self._usage(record.owner, record.purpose, record.size, record.issued, record.expires))
 
     def admit(self, request: SlotRequest) -> OverLimit | Usage:
