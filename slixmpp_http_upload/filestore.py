@@ -44,6 +44,10 @@ class SlotTaken(Exception):
     """The slot's file is already there (a second PUT)."""
 
 
+class UploadDeleted(Exception):
+    """The slot's file was deleted (expiry, purge) while its upload was in progress."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     """A completed upload, opened: ``fd`` is the data file's (the caller closes it)."""
@@ -161,13 +165,21 @@ class FileStore:
         return StoredFile(fd, info.st_size, info.st_mtime, info.st_mtime_ns, name, content_type)
 
     def delete(self, token: str) -> None:
-        """Remove a completed upload (gone for readers at once)."""
-        folder = self.root / TEMPORARY / f"delete-{token}-{secrets.token_hex(4)}"
-        try:
-            os.rename(token, folder, src_dir_fd=self.root_fd)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(folder, ignore_errors=True)
+        """Remove a completed upload (gone for readers at once), and the uploads of ``token``
+        still in progress, whose commit then fails (:class:`UploadDeleted`): an upload begun
+        before its file expired must not bring the file back after the sweeper has been."""
+        temporary = self.root / TEMPORARY
+        in_progress = [name for name in os.listdir(temporary) if name.startswith(f"{token}.")]
+        for name in (*in_progress, token):  # the token last: a commit may move its folder there meanwhile
+            folder = temporary / f"delete-{token}-{secrets.token_hex(4)}"
+            try:
+                if name == token:
+                    os.rename(token, folder, src_dir_fd=self.root_fd)
+                else:
+                    os.rename(temporary / name, folder)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
 
     def begin(self, token: str, name: str, content_type: str | None) -> Upload:
         """A new upload for ``token``, in its own temporary folder."""
@@ -221,8 +233,8 @@ class Upload:
         self.written += len(chunk)
 
     async def commit(self) -> None:
-        """Make the upload durable and visible; :class:`SlotTaken` if another got there first.
-        On any failure the upload is discarded. Cancelling the caller does not stop the thread:
+        """Make the upload durable and visible; :class:`SlotTaken` if another got there first,
+        :class:`UploadDeleted` if its file was deleted meanwhile. On any failure the upload is discarded. Cancelling the caller does not stop the thread:
         the upload then ends complete, or gone if the commit fails."""
         self.committing = True
         await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, self._commit))
@@ -230,6 +242,9 @@ class Upload:
     def _commit(self) -> None:
         try:
             self._make_durable()
+        except FileNotFoundError:  # our folder was moved away: FileStore.delete
+            self._remove()
+            raise UploadDeleted(self.token) from None
         except BaseException:
             self._remove()
             raise

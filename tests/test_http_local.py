@@ -584,6 +584,19 @@ async def test_a_second_server_on_the_same_root_leaves_uploads_in_progress_alone
     assert (await served.get(slot.get_url))[1] == b"1234567890"
 
 
+async def test_a_file_that_expires_during_its_upload_is_not_stored(served: Served) -> None:
+    """The PUT began before the file's expiry; the sweeper deletes the token meanwhile: the end
+    of the body must not bring the file back (its record is gone: it would be kept for ever)."""
+    slot = served.slot("late.bin", 10)
+    reader, writer = await begin_put(served, slot.put_url, 10, b"12345")
+    assert await served.backend.delete([slot.key]) == [slot.key]
+    writer.write(b"67890")
+    assert status_of(await asyncio.wait_for(read_answer(reader), 10)) == 410
+    writer.close()
+    assert not served.leftovers() and not served.stored()
+    assert (await served.get(slot.get_url))[0].status == 404
+
+
 async def test_a_storage_failure_is_500_and_logs_no_token(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     """The error names the upload by its token's prefix only, as every other upload log line:
     the whole token is the file's download URL."""

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from helpers import accepted_filenames, run_cli, tmpfs, write_toml
 from slixmpp_http_upload.config import load_config
-from slixmpp_http_upload.filestore import TEMPORARY, FileStore
+from slixmpp_http_upload.filestore import TEMPORARY, FileStore, UploadDeleted
 from slixmpp_http_upload.http.target import parse_target
 from slixmpp_http_upload.local import Forbidden, LocalBackend, UrlSigner
 from slixmpp_http_upload.slot import SlotRequest, object_name
@@ -244,6 +244,29 @@ async def test_a_commit_cancelled_in_its_fsync_still_ends_complete(tmp_path: Pat
     finally:
         os.close(stored.fd)
         store.close()
+
+
+@pytest.mark.parametrize("stage", ["writing", "meta written"])
+async def test_a_file_deleted_while_its_upload_is_in_progress_never_appears(tmp_path: Path, stage: str) -> None:
+    """The sweeper (or purge) deletes a token whose PUT began before its expiry and is still
+    running: the upload must not complete afterwards, or the file would stay (and be served,
+    its record gone) for ever."""
+    backend = LocalBackend(FileStore(tmp_path), UrlSigner(b"k" * 32), "http://127.0.0.1:1")
+    token = "cd" * 16
+    other = backend.store.begin("ef" * 16, "g.bin", None)  # another token's upload is left alone
+    upload = backend.store.begin(token, "f.bin", None)
+    upload.write(b"hello")
+    if stage == "meta written":  # the commit got as far as its folder's last step
+        (upload.folder / "meta").write_text('{"name": "f.bin"}')
+    assert await backend.delete([token]) == [token]
+    with pytest.raises(UploadDeleted):
+        await upload.commit()
+    assert not backend.store.has(token) and backend.store.open(token, "f.bin") is None
+    assert os.listdir(tmp_path / TEMPORARY) == [other.folder.name]
+    other.write(b"x")
+    await other.commit()
+    assert backend.store.has("ef" * 16)
+    backend.store.close()
 
 
 @pytest.mark.parametrize("url_key", [None, "a configured key of some length"])

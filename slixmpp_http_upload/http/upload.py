@@ -17,7 +17,8 @@ not enough free space for the body                             507
 The body is read in 64 KiB chunks into a temporary file in the root (never held in memory) and
 made visible only when complete (see :class:`~slixmpp_http_upload.filestore.Upload`). A client
 that goes away early, that sends nothing for ``idle_timeout`` seconds, or a disk that fills up
-(507) leaves nothing behind. Success is **201** (some clients accept only 200 or 201).
+(507) leaves nothing behind, and so does a file deleted (expiry, purge) while its body was
+still arriving (410: it must not come back once the sweeper has been). Success is **201** (some clients accept only 200 or 201).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..filestore import FULL_DISK_ERRORS, FileStore, SlotTaken
+from ..filestore import FULL_DISK_ERRORS, FileStore, SlotTaken, UploadDeleted
 from ..local import Forbidden, UrlSigner
 from ..slot import BadRequest, check_content_type
 from .target import parse_target
@@ -99,13 +100,13 @@ class UploadHandler:
     async def _receive(
         self, request: web.Request, token: str, name: str, content_type: str | None, length: int
     ) -> web.StreamResponse:
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        try:
+        try:  # begun before anything is awaited: a delete of the token (expiry) from now on finds it
             upload = self.store.begin(token, name, content_type)
         except OSError as error:
             return _storage_error(error, token)
         try:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             while upload.written < length:
                 async with asyncio.timeout(self.idle_timeout):
                     chunk = await request.content.read(min(CHUNK, length - upload.written))
@@ -119,6 +120,9 @@ class UploadHandler:
             return _plain(408, f"no bytes for {self.idle_timeout:g} s", close=True)
         except SlotTaken:
             return _plain(409, "this slot already holds its file")
+        except UploadDeleted:
+            log.info("upload %s…: its file was deleted (expired) before the body was complete", token[:8])
+            return _plain(410, "the file expired or was deleted during the upload", close=True)
         except ConnectionError:
             upload.discard()
             log.info("upload %s…: the client went away after %d of %d bytes", token[:8], upload.written, length)
