@@ -103,12 +103,19 @@ class _Stored:
         self.total -= size
 
     def room_at(self, needed: int) -> float | None:
-        """When ``needed`` more bytes than allowed will have expired (None: never)."""
-        freed = 0
-        for expires, size in sorted(self.expiring):
+        """When ``needed`` more bytes than allowed will have expired (None: never). Walks the
+        heap in order from its top, so a refusal costs the files it must count, not a sort of
+        all (the global one holds every expiring file of the service)."""
+        expiring, freed = self.expiring, 0
+        frontier = [(expiring[0], 0)] if expiring else []
+        while frontier:
+            (expires, size), index = heapq.heappop(frontier)
             freed += size
             if freed >= needed:
                 return expires
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(expiring):
+                    heapq.heappush(frontier, (expiring[child], child))
         return None
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from slixmpp_http_upload.limits import DAY, PRUNE_SECONDS, Quotas, RateLimit, Usage
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slixmpp_http_upload.limits import DAY, PRUNE_SECONDS, Quotas, RateLimit, Usage, _Stored
 
 T0 = 1_800_000_000.0
 
@@ -23,3 +26,27 @@ def test_users_who_never_come_back_are_forgotten() -> None:
     quotas.count(usage("carol@localhost", T0 + DAY + PRUNE_SECONDS))
     assert set(quotas._daily) == {("carol@localhost", "")}
     assert quotas.check(usage("alice@localhost", T0 + DAY + PRUNE_SECONDS, size=990)) is None
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 50), st.integers(1, 20)), max_size=40),
+    st.lists(st.integers(1, 20), max_size=5),
+    st.integers(1, 400),
+)
+def test_room_comes_when_enough_of_the_soonest_files_expired(
+    files: list[tuple[int, int]], kept: list[int], needed: int
+) -> None:
+    """``retry`` of a storage quota: the moment the files expiring first add up to what is
+    missing, whatever order they were stored in (files kept for ever never free room)."""
+    stored = _Stored()
+    for expires, size in files:
+        stored.add(size, T0 + expires)
+    for size in kept:
+        stored.add(size, None)
+    freed, wanted = 0, None
+    for expires, size in sorted(files):
+        freed += size
+        if freed >= needed:
+            wanted = T0 + expires
+            break
+    assert stored.room_at(needed) == wanted
