@@ -4,8 +4,9 @@ a day (the longest window of a limit); ``purge`` forgets at once.
 
 The records live in memory (what the stanza path reads, and all that the commands read: the
 file has no index but its key); a writer thread mirrors each change to the database (WAL
-journal) in batches of :data:`BATCH_SECONDS`, so no request waits for the disk. :meth:`Ledger.flush`
-waits until everything asked so far is written. Other processes (``sweep``, ``purge``) may open
+journal) in batches of :data:`BATCH_SECONDS`, so no request waits for the disk; a batch that
+could not be written is tried again (:data:`RETRY_SECONDS`). :meth:`Ledger.flush` waits until
+everything asked so far is written. Other processes (``sweep``, ``purge``) may open
 the same file at the same time; what one removes, another's memory still holds until it starts
 again.
 """
@@ -35,6 +36,9 @@ BATCH_SECONDS = 0.05
 """The writer gathers the changes of this long into one transaction."""
 PRUNE_SECONDS = 3600
 """How often the writer drops the records gone for more than a day."""
+RETRY_SECONDS = 1.0
+"""A write that failed (disk full, the file locked too long) is tried again this often, with
+the changes that came meanwhile; they stay in memory until then."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
@@ -165,27 +169,44 @@ class Ledger:
         self._writes.put(change)
 
     def _write_loop(self) -> None:
+        unwritten: list[tuple[str, object]] = []  # what a failed write left, oldest first
         while True:
-            batch = [self._writes.get()]
-            if batch[0] is not None and batch[0][0] != "flush":
-                time.sleep(BATCH_SECONDS)
-            while True:  # everything queued meanwhile goes in the same transaction
-                try:
-                    batch.append(self._writes.get_nowait())
-                except queue.Empty:
-                    break
-            changes = [change for change in batch if change is not None]
-            try:
-                self._write(changes)
-            finally:
+            batch = self._next_batch(RETRY_SECONDS if unwritten else None)
+            closing = None in batch
+            changes = unwritten + [change for change in batch if change is not None]
+            error = self._write(changes)
+            written = error is None
+            if not written and not unwritten:
+                log.error("Could not write the ledger %s (%s); trying again every %g s", self.path, error, RETRY_SECONDS)
+            elif written and unwritten:
+                log.warning("The ledger %s is written again", self.path)
+            unwritten = [] if written else changes
+            if written or closing:
                 for kind, done in changes:
                     if kind == "flush":
                         done.set()  # type: ignore[attr-defined]
-            if None in batch:
+            if closing:
+                if unwritten:
+                    log.error("%d changes to the ledger %s are lost", len(unwritten), self.path)
                 self._connection.close()
                 return
 
-    def _write(self, changes: list[tuple[str, object]]) -> None:
+    def _next_batch(self, timeout: float | None) -> list[tuple[str, object] | None]:
+        """The changes queued within :data:`BATCH_SECONDS` of the first (none after ``timeout``)."""
+        try:
+            batch = [self._writes.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        if batch[0] is not None and batch[0][0] != "flush":
+            time.sleep(BATCH_SECONDS)
+        while True:  # everything queued meanwhile goes in the same transaction
+            try:
+                batch.append(self._writes.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _write(self, changes: list[tuple[str, object]]) -> sqlite3.Error | None:
+        """Apply ``changes`` in one transaction; SQLite's error (then nothing is applied), if any."""
         try:
             with self._connection:
                 added: list[tuple[object, ...]] = []
@@ -203,8 +224,9 @@ class Ledger:
                     self._connection.execute(_PRUNE, (time.time() - DAY,))
                     self._next_prune = time.monotonic() + PRUNE_SECONDS
                 self._connection.executemany(_INSERT, added)
-        except sqlite3.Error:
-            log.exception("Could not write the ledger %s", self.path)
+        except sqlite3.Error as error:
+            return error
+        return None
 
 
 def _connect(path: str) -> sqlite3.Connection:

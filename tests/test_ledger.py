@@ -4,8 +4,10 @@ files and (for S3 deletes) the real SeaweedFS."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import math
+import os
 import socket
 import sqlite3
 import time
@@ -16,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from slixmpp import JID
 
-from helpers import DOMAIN, run_cli, seaweedfs_s3, write_toml
+from helpers import DOMAIN, run_cli, seaweedfs_s3, tmpfs, write_toml
 from servers import SeaweedFS, anonymous_request
 from slixmpp_http_upload import Slot, SlotRequest, register_backend
 from slixmpp_http_upload.accounting import Accounting
@@ -118,6 +120,33 @@ def test_counts_survive_a_restart(tmp_path: Path, gone: int) -> None:
     clock[0] = first + 300.5
     assert not isinstance(restarted.admit(request), OverLimit)
     restarted.ledger.close()
+
+
+def test_records_a_full_disk_refused_are_written_once_there_is_room(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failed write (disk full, file locked too long) keeps its changes and tries again: the
+    records stay in memory and would be gone from the file at the next start."""
+    with tmpfs(tmp_path / "disk", "size=1m") as disk:
+        path = disk / "ledger.sqlite"
+        ledger = Ledger(path)
+        ledger.add(record("before"))
+        ledger.flush()
+        filler = disk / "filler"
+        fill = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fill, b"x" * 4096)
+        os.close(fill)
+        for n in range(200):  # more than the WAL's free room
+            ledger.add(record(f"while-full-{n:03}", size=n))
+        time.sleep(1)  # the writer has tried (and failed) meanwhile
+        filler.unlink()
+        ledger.flush()
+        ledger.close()
+        again = Ledger(path)
+        assert sorted(again.records) == ["before", *(f"while-full-{n:03}" for n in range(200))]
+        again.close()
+    assert f"Could not write the ledger {path} (database or disk is full); trying again every 1 s" in caplog.text
+    assert f"The ledger {path} is written again" in caplog.text
 
 
 def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
