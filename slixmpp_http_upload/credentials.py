@@ -14,10 +14,15 @@ slot with ``wait/internal-server-error`` and logs the one-line reason.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Protocol
 
 from .sigv4 import Credentials
 from .slot import SlotsUnavailable
+
+
+RETRY_SECONDS = 30.0
+"""The AWS chain is asked for new keys at most this often (see :class:`AwsChainCredentials`)."""
 
 
 class CredentialsUnavailable(SlotsUnavailable):
@@ -58,24 +63,46 @@ class AwsChainCredentials:
     """The standard AWS credential chain, found on first use and refreshed by botocore ahead of
     expiry (15 minutes before; within the last 10 a failed refresh is a failure). Fetching runs
     in a thread so that the stream goes on meanwhile; in between, taking the keys costs a
-    comparison of times."""
+    comparison of times. After a failed fetch the chain is asked again :data:`RETRY_SECONDS`
+    later at the earliest: botocore would otherwise try its source for every slot while that
+    source is down (each slot waiting for the one before). Meanwhile the keys it has are used as
+    long as they are valid; without valid keys, slots are refused with the last failure."""
 
     def __init__(self) -> None:
         self._source: Any = None  # botocore's Credentials or RefreshableCredentials
         self._current: Credentials | None = None
         self._lock = asyncio.Lock()
+        self._next_try = 0.0  # time.monotonic()
+        self._failure: CredentialsUnavailable | None = None
 
     async def current(self) -> Credentials:
-        if self._current is not None and not self._refresh_needed():
+        if self._current is not None and not self._refresh_due():
             return self._current
         async with self._lock:
-            if self._current is not None and not self._refresh_needed():
+            if self._current is not None and not self._refresh_due():
                 return self._current
-            return await asyncio.to_thread(self.resolve)
+            if self._failure is not None and time.monotonic() < self._next_try:
+                raise self._failure
+            try:
+                fresh = await asyncio.to_thread(self.resolve)
+            except CredentialsUnavailable as failure:
+                self._failure, self._next_try = failure, time.monotonic() + RETRY_SECONDS
+                raise
+            self._failure = None
+            if self._botocore_wants():  # it could not replace them and goes on with the old ones
+                self._next_try = time.monotonic() + RETRY_SECONDS
+            return fresh
 
-    def _refresh_needed(self) -> bool:
+    def _refresh_due(self) -> bool:
+        """Whether to ask botocore for the keys now: it wants to replace them, and the last try
+        is long enough ago or they have expired."""
+        return self._botocore_wants() and (time.monotonic() >= self._next_try or self._botocore_wants(0))
+
+    def _botocore_wants(self, within: int | None = None) -> bool:
+        """Whether botocore would replace the keys (that expire ``within`` seconds; by default
+        its own 15 minutes)."""
         refresh_needed = getattr(self._source, "refresh_needed", None)  # temporary credentials only
-        return bool(refresh_needed and refresh_needed())
+        return bool(refresh_needed and refresh_needed(within))
 
     def resolve(self) -> Credentials:
         import botocore.session  # type: ignore[import-untyped]

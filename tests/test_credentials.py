@@ -148,3 +148,21 @@ def test_static_keys_are_static(aws_chain: None, seaweedfs: SeaweedFS, monkeypat
     backend = create_backend(settings)
     assert isinstance(backend, S3Backend) and isinstance(backend.credentials, StaticCredentials)
     assert upload(asyncio.run(backend.create_slot(REQUEST))) == 200
+
+
+async def test_a_failing_refresh_is_not_tried_for_every_slot(aws_chain: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the 15 minutes before the keys expire, botocore tries to replace them on each use and
+    goes on with the old ones when that fails. With the endpoint down, that must not be a
+    fetch (in a thread, one at a time, each slot waiting its turn) for every slot."""
+    answers = [("AKIDFIRST", "first-secret", "", REFRESH_WINDOW + 2), 500]
+    with CredentialsEndpoint(*answers) as endpoint:
+        for name, value in endpoint.environment.items():
+            monkeypatch.setenv(name, value)
+        settings = parse_upload_settings({"s3": {"bucket_url": "http://127.0.0.1:9/bucket", "region": "us-east-1"}})
+        backend = create_backend(settings)
+        assert key_id(await backend.create_slot(REQUEST)) == "AKIDFIRST"
+        await asyncio.sleep(3)  # now inside botocore's refresh window; the endpoint answers 500
+        slots = [await backend.create_slot(REQUEST) for _ in range(20)]
+        assert {key_id(slot) for slot in slots} == {"AKIDFIRST"}  # still valid: used meanwhile
+        tried = endpoint.fetches - 1
+        assert 1 <= tried <= 3, f"{tried} fetches for 20 slots"  # one refresh (botocore may retry)
