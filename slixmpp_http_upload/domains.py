@@ -3,7 +3,8 @@
 slixmpp keeps a JID's domain as Unicode (``münchen.de``: lower-cased and nameprep'd) when it
 was written so, but leaves punycode (``xn--mnchen-3ya.de``) as it came. Configuration may use
 either form and so may a remote server, so both sides of every comparison (the served domain,
-``allow``/``deny``, a requester's domain, ``urls DOMAIN``) go through :func:`normalise_domain`:
+``allow``/``deny``, a requester's domain, ``urls DOMAIN``, the users ``purge`` and ``usage``
+look for) go through :func:`normalise_domain`:
 slixmpp's form with punycode labels decoded.
 """
 
@@ -26,6 +27,12 @@ def normalise_domain(domain: str) -> str:
         return JID(domain.encode("idna").decode("idna")).domain
     except (UnicodeError, InvalidJID):
         return domain  # not valid IDNA: it can only equal itself
+
+
+def normalise_bare(jid: str) -> str:
+    """A bare JID (``node@domain``, as a string) with its domain in the compared form."""
+    node, at, domain = jid.rpartition("@")
+    return f"{node}{at}{normalise_domain(domain)}"
 
 
 def same_jid(one: JID, other: JID) -> bool:

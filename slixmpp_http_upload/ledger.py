@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from .domains import normalise_bare, normalise_domain
 from .limits import DAY
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ _PRUNE = "DELETE FROM slots WHERE gone = 1 AND issued <= ?"
 
 class SlotRecord(NamedTuple):
     """One slot handed out. ``key`` is the backend's name of the object (what its ``delete``
-    takes); ``owner`` the requester's bare JID; ``expires`` (epoch seconds) when the file stops
+    takes); ``owner`` the requester's bare JID (its domain as the requester's server sent it);
+    ``domain`` the served domain that made the slot; ``expires`` (epoch seconds) when the file stops
     being served, None for never. A tuple: it is the row written to the file."""
 
     key: str
@@ -121,11 +123,15 @@ class Ledger:
         return record.expires if record is not None else None
 
     def of(self, who: str) -> list[SlotRecord]:
-        """The records of a bare JID, or of a whole domain given as ``@domain``."""
+        """The records of a bare JID, or of every user of a domain given as ``@domain`` (whatever
+        domain served them); domains compare in one form (Unicode or punycode alike)."""
         if who.startswith("@"):
-            domain = who[1:]
-            return [record for record in self.records.values() if record.domain == domain]
-        return [record for record in self.records.values() if record.owner == who]
+            domain = normalise_domain(who[1:])
+            return [
+                record for record in self.records.values() if normalise_domain(record.owner.rpartition("@")[2]) == domain
+            ]
+        who = normalise_bare(who)
+        return [record for record in self.records.values() if normalise_bare(record.owner) == who]
 
     def pop_due(self, now: float) -> list[SlotRecord]:
         """The records whose time came (expiry, or a moment given to :meth:`again`), each once."""

@@ -252,6 +252,26 @@ def test_purge_and_usage(tmp_path: Path) -> None:
     assert rows(tmp_path / DEFAULT_LEDGER) == [("c1", 0)], "purged records are forgotten at once"
 
 
+def test_purge_and_usage_find_users_by_their_own_domain_in_either_form(tmp_path: Path) -> None:
+    """``@domain`` is the users of that domain (also those of another domain that ``allow``
+    lets in: a record's ``domain`` is the served one), and an IDN domain matches in Unicode and
+    in punycode, whichever form the user's server sent."""
+    backend = Backend()
+    register_backend("deleting", lambda settings, options, path: backend)
+    config = write_toml(tmp_path / "c.toml", {"http_upload": {"backend": "deleting"}})
+    ledger = Ledger(tmp_path / DEFAULT_LEDGER)
+    for key, owner in (("j1", "juliet@xn--mnchen-3ya.de"), ("r1", "romeo@münchen.de"), ("n1", "nurse@remote.example")):
+        ledger.add(SlotRecord(key, owner, "upload-host.example", 10, None, "message", NOW, None))
+    ledger.close()
+    status, out, _ = run_cli("usage", "-c", str(config), "juliet@münchen.de")
+    assert (status, out.splitlines()[0]) == (0, "juliet@münchen.de: 1 files, 10 bytes")
+    status, out, _ = run_cli("purge", "-c", str(config), "@xn--mnchen-3ya.de")
+    assert (status, out.splitlines()[-1]) == (0, "2 files of @münchen.de deleted (20 bytes)")
+    status, out, _ = run_cli("purge", "-c", str(config), "@remote.example")
+    assert (status, out.splitlines()[-1]) == (0, "1 files of @remote.example deleted (10 bytes)")
+    assert backend.calls == [["j1", "r1"], ["n1"]]
+
+
 def test_purge_refusals(tmp_path: Path) -> None:
     class NoDelete:
         async def create_slot(self, request: SlotRequest) -> Slot:
