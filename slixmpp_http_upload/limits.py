@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import NamedTuple
@@ -78,15 +78,27 @@ class _Window:
 
 @dataclass
 class _Stored:
-    """Bytes stored and not yet expired: their sum and a heap of (expires, size)."""
+    """Bytes stored and not yet expired: their sum and a heap of (expires, size). A slot taken
+    back (:meth:`discard`) stays in the heap, counted in ``withdrawn``, until it reaches the top:
+    taking it out at once would cost a scan of the heap (the global one holds every expiring
+    file of the service) for every slot the backend failed to make."""
 
     expiring: list[tuple[float, int]] = field(default_factory=list)
+    withdrawn: Counter[tuple[float, int]] = field(default_factory=Counter)
     total: int = 0
+    advanced: float = -math.inf
+    """Everything that expires at or before this moment has left the heap."""
 
     def advance(self, now: float) -> None:
-        expiring = self.expiring
+        expiring, withdrawn = self.expiring, self.withdrawn
         while expiring and expiring[0][0] <= now:
-            self.total -= heapq.heappop(expiring)[1]
+            entry = heapq.heappop(expiring)
+            count = withdrawn.pop(entry, 0)
+            if count > 1:
+                withdrawn[entry] = count - 1
+            elif not count:
+                self.total -= entry[1]
+        self.advanced = max(self.advanced, now)
 
     def add(self, size: int, expires: float | None) -> None:
         self.total += size
@@ -95,27 +107,29 @@ class _Stored:
 
     def discard(self, size: int, expires: float | None) -> None:
         if expires is not None:
-            try:
-                self.expiring.remove((expires, size))
-            except ValueError:
+            if expires <= self.advanced:  # expired meanwhile: no longer counted
                 return
-            heapq.heapify(self.expiring)
+            self.withdrawn[(expires, size)] += 1
         self.total -= size
 
     def room_at(self, needed: int) -> float | None:
         """When ``needed`` more bytes than allowed will have expired (None: never). Walks the
         heap in order from its top, so a refusal costs the files it must count, not a sort of
-        all (the global one holds every expiring file of the service)."""
+        all."""
         expiring, freed = self.expiring, 0
+        skip = Counter(self.withdrawn) if self.withdrawn else None
         frontier = [(expiring[0], 0)] if expiring else []
         while frontier:
-            (expires, size), index = heapq.heappop(frontier)
-            freed += size
-            if freed >= needed:
-                return expires
+            entry, index = heapq.heappop(frontier)
             for child in (2 * index + 1, 2 * index + 2):
                 if child < len(expiring):
                     heapq.heappush(frontier, (expiring[child], child))
+            if skip and skip[entry]:
+                skip[entry] -= 1
+                continue
+            freed += entry[1]
+            if freed >= needed:
+                return entry[0]
         return None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from slixmpp_http_upload.limits import DAY, PRUNE_SECONDS, Quotas, RateLimit, Usage, _Stored
@@ -50,3 +50,49 @@ def test_room_comes_when_enough_of_the_soonest_files_expired(
             wanted = T0 + expires
             break
     assert stored.room_at(needed) == wanted
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(1, 20), st.one_of(st.none(), st.integers(1, 60))),
+            st.tuples(st.just("discard"), st.integers(0, 6), st.none()),
+            st.tuples(st.just("advance"), st.integers(0, 15), st.none()),
+            st.tuples(st.just("room"), st.integers(1, 120), st.none()),
+        ),
+        max_size=60,
+    )
+)
+@example([("add", 10, 5), ("discard", 0, None), ("room", 5, None)])  # taken back: frees nothing
+@example([("add", 10, 5), ("advance", 5, None), ("discard", 0, None), ("advance", 1, None)])  # expired, then taken back
+@example([("add", 10, 5), ("add", 10, 5), ("discard", 0, None), ("advance", 5, None)])  # taken back, then expired
+@example([("add", 10, 5), ("add", 10, 5), ("discard", 0, None), ("discard", 1, None), ("advance", 5, None)])
+def test_stored_bytes_follow_adds_discards_and_time(operations: list[tuple[str, int, int | None]]) -> None:
+    """The storage counters against the plain sum of what was added, not taken back and not
+    expired: their total, and when room comes."""
+    stored, now = _Stored(), T0
+    model: list[list[object]] = []  # [size, expires, taken back]
+    for kind, number, offset in operations:
+        if kind == "add":
+            expires = None if offset is None else now + offset
+            stored.add(number, expires)
+            model.append([number, expires, False])
+        elif kind == "discard" and number < len(model) and not model[number][2]:
+            size, expires, _ = model[number]
+            stored.discard(size, expires)  # type: ignore[arg-type]
+            model[number][2] = True
+        elif kind == "advance":
+            now += number
+            stored.advance(now)
+            counted = [(e, s) for s, e, back in model if not back and (e is None or e > now)]
+            assert stored.total == sum(s for _, s in counted)  # type: ignore[misc]
+        elif kind == "room":
+            stored.advance(now)
+            expiring = sorted((e, s) for s, e, back in model if not back and e is not None and e > now)  # type: ignore[operator]
+            freed, wanted = 0, None
+            for expires, size in expiring:
+                freed += size  # type: ignore[operator]
+                if freed >= number:
+                    wanted = expires
+                    break
+            assert stored.room_at(number) == wanted
