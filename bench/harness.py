@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,31 @@ def machine_busy_seconds() -> float:
         values = [int(v) for v in file.readline().split()[1:]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+FOREIGN_WARNING = 0.15
+"""Cores used by other processes during a run above which the run is flagged."""
+
+
+def wait_for_quiet(limit: float, window: float = 0.5) -> None:
+    """Between runs our own processes are idle: wait (at most ``limit`` seconds) until the
+    machine's other load drops under :data:`FOREIGN_WARNING` cores."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(window)
+        busy = (machine_busy_seconds() - before) / window
+        if busy < FOREIGN_WARNING or time.monotonic() >= deadline:
+            return
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The peak resident set size of ``pid`` (``VmHWM``) in bytes."""
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def machine() -> dict[str, Any]:
@@ -270,6 +296,15 @@ def trivial_process(
         *(["--slot"] if slot else []),
     ]
     return ComponentProcess(name, argv, workdir)
+
+
+def find_py_spy(option: str) -> str | None:
+    """``option`` unless "auto"; else next to the interpreter, in /tmp/bench-tools/bin, on PATH."""
+    from servers import _find_binary
+
+    if option and option != "auto":
+        return option
+    return _find_binary("py-spy", extra_dirs=["/tmp/bench-tools/bin"])
 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:

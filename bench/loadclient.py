@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from html import unescape
+from xml.sax.saxutils import escape as xml_escape
 import multiprocessing
 import re
 import statistics
@@ -138,6 +140,31 @@ async def close_session(session: Session) -> None:
         await asyncio.wait_for(session.writer.wait_closed(), 2)
     except (TimeoutError, OSError):
         pass
+
+
+SLOT_PUT = re.compile(r"<put url=(['\"])(.*?)\1")
+SLOT_GET = re.compile(r"<get url=(['\"])(.*?)\1")
+SLOT_HEADER = re.compile(r"<header name=(['\"])(.*?)\1>(.*?)</header>")
+
+
+async def request_slot(
+    host: str, port: int, domain: str, account: Account, to: str, filename: str, size: int, content_type: str
+) -> tuple[str, str, list[tuple[str, str]]]:
+    """One XEP-0363 slot from ``to`` on a fresh session: PUT URL, GET URL and the PUT headers."""
+    session = await open_session(host, port, domain, account, "slot")
+    try:
+        session.writer.write(
+            f"<iq type='get' id='slot' to='{xml_escape(to)}'><request xmlns='urn:xmpp:http:upload:0' "
+            f"filename='{xml_escape(filename)}' size='{size}' content-type='{xml_escape(content_type)}'/></iq>".encode()
+        )
+        reply = (await _read_until(session, b"</iq>", 10.0, failure=b"type='error'")).decode()
+    finally:
+        await close_session(session)
+    put, get = SLOT_PUT.search(reply), SLOT_GET.search(reply)
+    if not put or not get:
+        raise LoadError(f"no slot in {reply!r}")
+    headers = [(unescape(m.group(2)), unescape(m.group(3))) for m in SLOT_HEADER.finditer(reply)]
+    return unescape(put.group(2)), unescape(get.group(2)), headers
 
 
 # --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import harness
-from harness import OURS_JID
+from harness import OURS_JID, peak_rss_bytes
 from loadclient import LoadClientProcess, LoadError
 from servers import rss_bytes  # tests/servers.py, on the path through harness
 
@@ -32,14 +32,6 @@ MB = 1024 * 1024
 
 class BenchError(RuntimeError):
     pass
-
-
-def peak_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as file:
-        for line in file:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def drive(

@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(r"(^|/)slixmpp/(xmlstream/stanzabase|stanza/|jid|basexmpp|componentxmpp)"),
     ),
     ("slixmpp other", re.compile(r"(^|/)slixmpp/")),
+    ("aiohttp (HTTP server)", re.compile(r"(^|/)aiohttp/")),
     ("asyncio event loop + sockets", re.compile(r"(^|/)(asyncio|selectors\.py)")),
 )
 """Matched against each frame's file: the innermost frame that matches any gives the layer."""

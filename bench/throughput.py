@@ -54,14 +54,23 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import CEILING_JID, CEILING_SLOT_JID, OURS_JID, ComponentProcess, Prosody, cpu_seconds, cpu_times, machine_busy_seconds
+from harness import (
+    CEILING_JID,
+    CEILING_SLOT_JID,
+    FOREIGN_WARNING,
+    OURS_JID,
+    ComponentProcess,
+    Prosody,
+    cpu_seconds,
+    cpu_times,
+    find_py_spy,
+    machine_busy_seconds,
+    wait_for_quiet,
+)
 from loadclient import LoadClientProcess, LoadError
 
 TARGETS = ("ours", "prosody", "ceiling", "ceiling_slot")
 SCALING_IQDISCS = ("one_queue", "parallel", "queues:4", "no_queue")
-FOREIGN_WARNING = 0.15
-"""Cores used by other processes during a run above which the run is flagged."""
-
 
 class BenchError(RuntimeError):
     """The benchmark could not run as asked, or saw error replies."""
@@ -133,18 +142,6 @@ def measure(
     }
 
 
-def wait_for_quiet(limit: float, window: float = 0.5) -> None:
-    """Between runs our own processes are idle: wait (at most ``limit`` seconds) until the
-    machine's other load drops under :data:`FOREIGN_WARNING` cores."""
-    deadline = time.monotonic() + limit
-    while True:
-        before = machine_busy_seconds()
-        time.sleep(window)
-        busy = (machine_busy_seconds() - before) / window
-        if busy < FOREIGN_WARNING or time.monotonic() >= deadline:
-            return
-
-
 def run_rounds(client: LoadClientProcess, prosody: Prosody, targets: list[Target], args: argparse.Namespace) -> None:
     """``args.rounds`` rounds over ``targets``, the order rotating each round, so that a slow
     moment of the machine does not land on one target only."""
@@ -212,15 +209,6 @@ def variant_jid(iqdisc: str) -> str:
 
 # --------------------------------------------------------------------------
 # profiling (py-spy, if installed)
-
-
-def find_py_spy(option: str) -> str | None:
-    """``option`` unless "auto"; else next to the interpreter, in /tmp/bench-tools/bin, on PATH."""
-    from servers import _find_binary
-
-    if option and option != "auto":
-        return option
-    return _find_binary("py-spy", extra_dirs=["/tmp/bench-tools/bin"])
 
 
 def profile_component(client: LoadClientProcess, pid: int, args: argparse.Namespace) -> dict[str, Any]:
