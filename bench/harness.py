@@ -26,7 +26,7 @@ RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
 from loadclient import Account, LoadClientProcess  # noqa: E402
-from servers import LOOPBACK, Prosody, _stop_process_group  # noqa: E402  (tests/servers.py, reused as is)
+from servers import LOOPBACK, Prosody, _stop_process_group, free_ports  # noqa: E402  (tests/servers.py, reused as is)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OURS_JID = "upload.localhost"
@@ -241,11 +241,12 @@ def iqdisc_toml(iqdisc: str) -> str:
 
 
 def write_ours_config(
-    path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS_JID, extra: Sequence[str] = ()
+    path: Path, prosody: Prosody, iqdisc: str, jid: str = OURS_JID, extra: Sequence[str] = (), backend: str = "s3"
 ) -> Path:
-    """A ``serve`` configuration for the component ``jid`` (``<name>.<domain>``): S3 backend on a
-    dummy bucket (slots are presigned offline, no S3 server is involved); ``extra`` are further
-    TOML lines of its ``[http_upload]`` table (such as limits)."""
+    """A ``serve`` configuration for the component ``jid`` (``<name>.<domain>``): the S3 backend on
+    a dummy bucket (slots are presigned offline, no S3 server is involved), or with ``backend =
+    "local"`` the local backend (root beside ``path``) and its HTTP server on a free loopback port;
+    ``extra`` are further TOML lines of its ``[http_upload]`` table (such as limits)."""
     name, _, domain = jid.partition(".")
     if domain != prosody.domain:
         raise ValueError(f"{jid} is not a subdomain of {prosody.domain}")
@@ -263,16 +264,35 @@ def write_ours_config(
                 f"iqdisc = {iqdisc_toml(iqdisc)}",
                 *extra,
                 "",
-                "[http_upload.s3]",
-                f'bucket_url = "{BUCKET_URL}"',
-                f'region = "{REGION}"',
-                f'access_key_id = "{ACCESS_KEY}"',
-                f'secret_access_key = "{SECRET_KEY}"',
-                "",
+                *(_local_tables(path) if backend == "local" else _s3_table()),
             ]
         )
     )
     return path
+
+
+def _s3_table() -> list[str]:
+    return [
+        "[http_upload.s3]",
+        f'bucket_url = "{BUCKET_URL}"',
+        f'region = "{REGION}"',
+        f'access_key_id = "{ACCESS_KEY}"',
+        f'secret_access_key = "{SECRET_KEY}"',
+        "",
+    ]
+
+
+def _local_tables(config: Path) -> list[str]:
+    (port,) = free_ports(1)
+    return [
+        "[http_upload.local]",
+        f'root = "{config.stem}-root"',
+        "",
+        "[http]",
+        f'bind = "{LOOPBACK}"',
+        f"port = {port}",
+        "",
+    ]
 
 
 def ours_process(name: str, config: Path, workdir: Path) -> ComponentProcess:

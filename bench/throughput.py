@@ -197,9 +197,11 @@ def start_components(client: LoadClientProcess, targets: list[Target]) -> None:
             raise
 
 
-def ours_target(prosody: Prosody, work: Path, iqdisc: str, jid: str, extra: Sequence[str] = ()) -> Target:
+def ours_target(
+    prosody: Prosody, work: Path, iqdisc: str, jid: str, extra: Sequence[str] = (), backend: str = "s3"
+) -> Target:
     name = jid.partition(".")[0]
-    config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid, extra)
+    config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid, extra, backend)
     return Target(f"ours ({iqdisc})", jid, harness.ours_process(name, config, work))
 
 
@@ -383,6 +385,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="TOML",
         help="a further line of ours's [http_upload] table, repeatable (e.g. 'daily_quota = 1099511627776')",
     )
+    parser.add_argument(
+        "--backend", choices=("s3", "local"), default="s3", help="ours: S3 (dummy bucket) or local (its HTTP server runs)"
+    )
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling,ceiling_slot")
     parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
     parser.add_argument("--profile", action="store_true", help="py-spy our component during two extra runs (raw, flame graph)")
@@ -413,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document: dict[str, Any] = {
         "benchmark": "throughput",
         "machine": harness.machine(),
-        "load": {k: getattr(args, k) for k in ("users", "inflight", "requests", "warmup", "rounds")},
+        "load": {k: getattr(args, k) for k in ("users", "inflight", "requests", "warmup", "rounds", "backend")},
         "ours_http_upload": args.http_upload,
         "prosody_log_level": args.prosody_log_level,
         "prosody_config": args.prosody_config,
@@ -427,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as (prosody, client, work):
         try:
             if needs_ours:
-                targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID, args.http_upload)
+                targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID, args.http_upload, args.backend)
             targets["prosody"] = Target("prosody mod_http_file_share", Prosody.share_jid)
             targets["ceiling"] = Target(
                 "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)
@@ -438,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 harness.trivial_process("ceiling_slot", prosody, work, CEILING_SLOT_JID, slot=True),
             )
             for variant in variants:
-                targets[f"ours:{variant}"] = ours_target(prosody, work, variant, variant_jid(variant))
+                targets[f"ours:{variant}"] = ours_target(prosody, work, variant, variant_jid(variant), args.http_upload, args.backend)
             start_components(client, list(targets.values()))
             print(
                 f"Prosody pid {prosody.pid}, load client pid {client.pid}: K={args.users} connections × "
