@@ -92,10 +92,10 @@ LABELS = {
     "prosody_tuned": "Prosody, network_settings tuned",
     "nginx": "nginx (sendfile; dav PUT)",
 }
-PROSODY_LIMITS = "\n".join(
-    [harness.PROSODY_LOAD_CONFIG, f"http_file_share_size_limit = {2 * HUGE}"]
+PROSODY_LIMITS = "\n".join([harness.PROSODY_LOAD_CONFIG, f"http_file_share_size_limit = {2 * HUGE}"])
+PROSODY_TUNED = (
+    "network_settings = { read_size = 1048576; min_wait = 1e-06; nagle = false; opportunistic_writes = true }"
 )
-PROSODY_TUNED = "network_settings = { read_size = 1048576; min_wait = 1e-06; nagle = false; opportunistic_writes = true }"
 
 
 class BenchError(RuntimeError):
@@ -216,7 +216,14 @@ class ProsodyStore(Store):
         server = self.prosody
         put, get, headers = asyncio.run(
             request_slot(
-                LOOPBACK, server.c2s_port, server.domain, self.account, server.share_jid, f"{self.serial}-{name}", size, CONTENT_TYPE
+                LOOPBACK,
+                server.c2s_port,
+                server.domain,
+                self.account,
+                server.share_jid,
+                f"{self.serial}-{name}",
+                size,
+                CONTENT_TYPE,
             )
         )
         return Upload(put, get, headers)
@@ -331,10 +338,13 @@ class Transfer:
     machine_busy_s: float
 
 
+CURL_FIELDS = "%{http_code} %{size_download} %{size_upload} %{time_total}"
+
+
 def curl(args: list[str], timeout: float) -> tuple[int, int, int, float]:
     """Run curl; its HTTP status, bytes received, bytes sent and total seconds (``-w``)."""
     result = subprocess.run(
-        ["curl", "-sS", "--http1.1", "--max-time", str(timeout), "-w", "%{http_code} %{size_download} %{size_upload} %{time_total}", *args],
+        ["curl", "-sS", "--http1.1", "--max-time", str(timeout), "-w", CURL_FIELDS, *args],
         capture_output=True,
         text=True,
         timeout=timeout + 10,
@@ -613,27 +623,28 @@ def measure_slow_downloads(stores: list[Store], source: Path, args: argparse.Nam
 # profile of ours (py-spy)
 
 
-def profile_ours(store: Store, big_url: str, small_url_source: Path, source: Path, args: argparse.Namespace) -> dict[str, Any]:
+def profile_ours(store: Store, big_url: str, small: Path, big: Path, args: argparse.Namespace) -> dict[str, Any]:
     """py-spy (raw stacks) on ``ours`` during a wrk run, ``--gets`` big GETs, and two big PUTs."""
     import profile_summary
 
     py_spy = find_py_spy(args.py_spy)
     if not py_spy:
         return {"skipped": "py-spy not found (pip install py-spy)"}
-    small = store.slot("small-profile.bin", SMALL)
-    put_file(small, small_url_source, SMALL)
+    small_upload = store.slot("small-profile.bin", SMALL)
+    put_file(small_upload, small, SMALL)
     uploads = [store.slot("big-profile.bin", BIG) for _ in range(2)]
     work: dict[str, Callable[[], object]] = {
-        "small_get": lambda: wrk(small.get_url, args.wrk_seconds, args.connections),
+        "small_get": lambda: wrk(small_upload.get_url, args.wrk_seconds, args.connections),
         "big_get": lambda: [get_file(big_url, BIG) for _ in range(args.gets)],
-        "big_put": lambda: [put_file(upload, source, BIG) for upload in uploads],
+        "big_put": lambda: [put_file(upload, big, BIG) for upload in uploads],
     }
     profiles = {}
     for phase, action in work.items():
         path = Path(args.profile_dir) / f"http_storage_profile_{phase}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(store.pids()[0]), "--rate", "250", "--nonblocking", "--format", "raw", "-o", str(path)],
+            [py_spy, "record", "--pid", str(store.pids()[0]), "--rate", "250", "--nonblocking"]
+            + ["--format", "raw", "-o", str(path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -719,7 +730,8 @@ def goals(measures: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
     huge = measures.get("huge_put", {}).get("ours")
     if huge:
         met = huge["growth_mib"] <= RSS_GOAL_MIB
-        lines.append(f"{'met   ' if met else 'MISSED'} RSS +≤ {RSS_GOAL_MIB:.0f} MiB for a 1 GiB upload: +{huge['growth_mib']:.1f} MiB")
+        verdict = "met   " if met else "MISSED"
+        lines.append(f"{verdict} RSS +≤ {RSS_GOAL_MIB:.0f} MiB for a 1 GiB upload: +{huge['growth_mib']:.1f} MiB")
     return lines, ratios
 
 
@@ -733,7 +745,12 @@ def missing_tools(args: argparse.Namespace) -> list[str]:
         wanted.add("nginx")
     if "small_get" in args.measure_list:
         wanted.add("wrk")
-    return sorted(name for name in wanted if not shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin"))
+    return sorted(name for name in wanted if not find_tool(name))
+
+
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, or in /usr/sbin (where Debian puts nginx, often off a user's PATH)."""
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -752,7 +769,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--py-spy", default="auto", help="path of py-spy (default: look for it)")
     parser.add_argument("--profile-dir", default=str(harness.RESULTS), help="where the profiles go")
     parser.add_argument(
-        "--quiet-wait", type=float, default=2.0, help="seconds to wait at most for other load to stop before a run (default 2)"
+        "--quiet-wait",
+        type=float,
+        default=2.0,
+        help="at most this many seconds waiting for other load to end, before each run (default 2)",
     )
     parser.add_argument("--prosody-log-level", default="warn", help="Prosody's log level (default warn)")
     parser.add_argument("--install", action="store_true", help="apt-get install what is missing (nginx, wrk, curl)")
@@ -783,7 +803,7 @@ def stores_running(args: argparse.Namespace, work: Path) -> Iterator[list[Store]
             extra = "\n".join([PROSODY_LIMITS, PROSODY_TUNED])
             started.append(ProsodyStore("prosody_tuned", {}, extra, args.prosody_log_level))
         if "nginx" in args.target_list:
-            started.append(NginxStore(shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin") or "nginx", work))
+            started.append(NginxStore(find_tool("nginx") or "nginx", work))
         if "ours" in args.target_list:
             assert prosody is not None
             started.append(OursStore(prosody.prosody, work))

@@ -443,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 harness.trivial_process("ceiling_slot", prosody, work, CEILING_SLOT_JID, slot=True),
             )
             for variant in variants:
-                targets[f"ours:{variant}"] = ours_target(prosody, work, variant, variant_jid(variant), args.http_upload, args.backend)
+                targets[f"ours:{variant}"] = ours_target(
+                    prosody, work, variant, variant_jid(variant), args.http_upload, args.backend
+                )
             start_components(client, list(targets.values()))
             print(
                 f"Prosody pid {prosody.pid}, load client pid {client.pid}: K={args.users} connections × "
