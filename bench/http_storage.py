@@ -698,7 +698,7 @@ def report(document: dict[str, Any], keys: list[str]) -> None:
         ("    wrk cores during (c)", "small_get", "client_cores_median", "{:.2f}"),
         ("    all processes' cores during (c)", "small_get", "machine_busy_cores_median", "{:.2f}"),
         ("(d) RSS growth, 1 GiB PUT, MiB", "huge_put", "growth_mib", "+{:.1f}"),
-        ("(d) RSS growth, 1000 slow GETs, MiB", "slow_gets", "growth_mib", "+{:.1f}"),
+        (f"(d) RSS growth, {document['settings']['slow_count']} slow GETs, MiB", "slow_gets", "growth_mib", "+{:.1f}"),
         ("    slow GETs completed", "slow_gets", "completed", "{}"),
     ]
     for title, measure, field_, fmt in rows:
