@@ -37,15 +37,17 @@ payloads beside it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from itertools import islice
 from xml.etree import ElementTree as ET
 
 from slixmpp import JID, BaseXMPP
 from slixmpp.jid import InvalidJID
 from slixmpp.xmlstream import StanzaBase
-from slixmpp.xmlstream.tostring import tostring
 
 from . import replies
+from .replies import CHARACTER_REFERENCES
+from .wire import ReplyWriter, written_form
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,6 @@ DISCO_QUERIES = frozenset(
 KNOWN_JIDS = 1024
 """How many valid addresses a guard remembers, so as not to parse them again."""
 REQUESTS = ("get", "set")
-CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 
 
 class StreamGuard:
@@ -73,6 +74,11 @@ class StreamGuard:
         self.served = payloads | DISCO_QUERIES
         self.iq_tag = f"{{{xmpp.default_ns}}}iq"
         self._valid: set[str] = set()
+        self.writer = ReplyWriter(xmpp, self.outgoing)
+        """How this stream's replies are sent (the plugin's too)."""
+        self.take: Callable[[StanzaBase], bool] | None = None
+        """On a stream that is the plugin's own (``serve``'s): handles a well-formed request for
+        the service here and says so, sparing slixmpp the matching of every handler against it."""
 
     def install(self) -> None:
         self.xmpp.add_filter("in", self.incoming)
@@ -100,6 +106,8 @@ class StreamGuard:
                 return self._refuse(stanza, request, "modify", "bad-request", "too large")
             if payload.tag in DISCO_QUERIES and xml.get("type") == "set":
                 return self._refuse(stanza, request, "cancel", "feature-not-implemented", "a disco set")
+            if self.take is not None and self.take(stanza):
+                return None
             return stanza
         if request and any(child.tag in self.served for child in xml):
             return self._refuse(stanza, request, "modify", "bad-request", "more than one payload")
@@ -121,27 +129,23 @@ class StreamGuard:
         self._valid.add(text)
         return True
 
-    @staticmethod
-    def _refuse(stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str) -> None:
-        xml, stream = stanza.xml, stanza.stream
-        if request and stream is not None:  # (a received stanza always has its stream)
+    def _refuse(self, stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str) -> None:
+        xml = stanza.xml
+        if request:
             log.debug("Refused an IQ from %.200r: %s", xml.get("from"), why)
-            stream.send(replies.error(stanza, error_type, condition))
+            self.writer.send(replies.error(stanza, error_type, condition))
         else:
             log.warning("Dropped a <%s/> from %.200r: %s", xml.tag.rpartition('}')[2], xml.get("from"), why)
 
     def outgoing(self, stanza: StanzaBase) -> StanzaBase | None:
         """The stanza, or None when it had to be written here (its ``id`` has a tab, LF or CR)."""
         ident = stanza.xml.get("id")
-        stream = self.xmpp
-        if ident is None or ident.isprintable() or stream.use_cdata:  # (CDATA text keeps references as is)
+        if ident is None or ident.isprintable() or self.xmpp.use_cdata:  # (CDATA text keeps references as is)
             return stanza
         if ident.translate(CHARACTER_REFERENCES) == ident:
             return stanza
-        text = tostring(stanza.xml, xmlns=stream.default_ns, stream=stream, top_level=True)
-        stream.send_raw(text.translate(CHARACTER_REFERENCES))
+        self.xmpp.send_raw(written_form(stanza, self.xmpp))
         return None
-
 
 def _deeper_than(element: ET.Element, limit: int) -> bool:
     """Whether ``element`` nests more than ``limit`` levels (itself being the first); walks

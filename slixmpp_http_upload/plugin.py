@@ -13,9 +13,12 @@ Config: every ``[http_upload]`` option (same checks and messages) — or ``setti
 already checked (:class:`~slixmpp_http_upload.config.UploadSettings`) — plus ``domain`` (the
 served domain; by default taken from the component's JID through ``host``, or a bot's own
 domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Backend`),
-``policy`` (see :mod:`slixmpp_http_upload.access`) and ``accounting`` (a ready
+``policy`` (see :mod:`slixmpp_http_upload.access`), ``accounting`` (a ready
 :class:`~slixmpp_http_upload.accounting.Accounting`, shared by components; by default one of its
-own over the ``ledger`` file).
+own over the ``ledger`` file), and ``own_stream``: True when nothing but slixmpp and this plugin
+handles or filters the stream (``serve``'s components). A well-formed slot request is then
+handled from the guard's filter, before slixmpp matches it against every handler; a bot's stream
+keeps the usual road, so its own handlers and filters see what they saw.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from .stanza import CURRENT, LEGACY, Dialect
 
 log = logging.getLogger(__name__)
 
-PLUGIN_ONLY_OPTIONS = ("settings", "domain", "backend_instance", "policy", "accounting")
+PLUGIN_ONLY_OPTIONS = ("settings", "domain", "backend_instance", "policy", "accounting", "own_stream")
 HANDLER_NAME = "XEP-0363 slot request"
 SHUTTING_DOWN = "The upload service is shutting down; try again later."
 
@@ -69,11 +72,11 @@ class RequestMatcher(MatcherBase):
         self.xmpp = xmpp
 
     def match(self, stanza: Any) -> bool:
-        return (
-            stanza.name == "iq"
-            and any(child.tag in self._criteria for child in stanza.xml)
-            and same_jid(stanza["to"], self.xmpp.boundjid)
-        )
+        xml = stanza.xml
+        if stanza.name != "iq" or not any(child.tag in self._criteria for child in xml):
+            return False
+        service = self.xmpp.boundjid
+        return xml.get("to") == service.full or same_jid(stanza["to"], service)  # the usual case unparsed
 
 
 class HttpUploadServer(BasePlugin):
@@ -101,10 +104,13 @@ class HttpUploadServer(BasePlugin):
         self.metrics = SlotMetrics(service_jid)
         dialects = (CURRENT, *LEGACY) if self.settings.legacy_namespaces else (CURRENT,)
         self.dialects = {dialect.request_tag: dialect for dialect in dialects}
-        matcher = RequestMatcher(set(self.dialects), self.xmpp)  # lets only IQs through
-        self.xmpp.register_handler(Callback(HANDLER_NAME, matcher, self._on_request))  # type: ignore[arg-type]
+        self.matcher = RequestMatcher(set(self.dialects), self.xmpp)  # lets only IQs through
+        self.xmpp.register_handler(Callback(HANDLER_NAME, self.matcher, self._on_request))  # type: ignore[arg-type]
         self.guard = StreamGuard(self.xmpp, frozenset(self.dialects))
+        if self.config.get("own_stream"):
+            self.guard.take = self._take
         self.guard.install()
+        self.writer = self.guard.writer
         self.advertised_jid: JID | None = None
         self._advertise()
         self.xmpp.add_event_handler("session_bind", self._advertise)
@@ -187,6 +193,13 @@ class HttpUploadServer(BasePlugin):
             disco.del_feature(feature=feature, jid=jid)
         self.xmpp.plugin["xep_0128"].del_extended_info(jid=jid)
 
+    def _take(self, stanza: Any) -> bool:
+        """The guard's shortcut on a stream of our own: a slot request is handled right away."""
+        if not self.matcher.match(stanza):
+            return False
+        self._on_request(stanza)
+        return True
+
     def _on_request(self, iq: Iq) -> None:
         """Check a request inline, in stanza order, and schedule the slot; never raises."""
         try:
@@ -196,15 +209,17 @@ class HttpUploadServer(BasePlugin):
             self._refuse(iq, "internal", "wait", "internal-server-error")
 
     def _check_and_schedule(self, iq: Iq) -> None:
-        if iq["type"] in ("result", "error"):
+        xml = iq.xml  # read raw: ``iq["type"]`` and the like cost a lookup each
+        kind = xml.get("type", "")
+        if kind in ("result", "error"):
             return
-        element = next(child for child in iq.xml if child.tag in self.dialects)
+        element = next(child for child in xml if child.tag in self.dialects)
         dialect = self.dialects[element.tag]
-        if not iq["type"]:  # RFC 6120 8.2.3: the type is required
+        if not kind:  # RFC 6120 8.2.3: the type is required
             return self._refuse(iq, "bad-request", "modify", "bad-request", "An IQ needs a type.")
-        if iq["type"] != "get":
+        if kind != "get":
             return self._refuse(iq, "not-allowed", "cancel", "not-allowed", "Slot requests are IQ get.")
-        requester = iq["from"]
+        requester = JID(xml.get("from", ""))
         if not self.rules.permits(requester):
             return self._refuse(iq, "forbidden", "auth", "forbidden", "This service is not for your domain.")
         raw = dialect.read_request(element)
@@ -257,7 +272,7 @@ class HttpUploadServer(BasePlugin):
                 return self._refuse(iq, usage.reason, "wait", "resource-constraint", usage.text, retry)
             try:
                 slot = await self.backend.create_slot(request)
-                element = dialect.slot_element(slot)
+                payload = dialect.slot_xml(slot)
             except BaseException:
                 self.accounting.withdraw(usage)
                 raise
@@ -271,9 +286,7 @@ class HttpUploadServer(BasePlugin):
             return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
         self.metrics.slot_created(time.perf_counter() - started)
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
-        reply = replies.result(iq)
-        reply.append(element)
-        self.xmpp.send(reply)
+        self.writer.send_result(iq, payload)
 
     def _refuse(
         self,
@@ -288,4 +301,4 @@ class HttpUploadServer(BasePlugin):
         request can cause."""
         self.metrics.refused(reason)
         log.debug("Refused (%s) a slot request from %.200s: %s", reason, iq.xml.get("from"), text)
-        self.xmpp.send(replies.error(iq, error_type, condition, text, extension))
+        self.writer.send(replies.error(iq, error_type, condition, text, extension))

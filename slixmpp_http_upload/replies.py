@@ -8,6 +8,10 @@ and make a new, empty ``<iq/>``: nothing a peer sends can make them raise, and t
 Send them with ``xmpp.send(reply)``: ``Iq.send()`` reads ``to`` as a JID again, and sets up a
 response matcher and a future even for a result.
 
+:func:`result_xml` writes a result as text, byte for byte what slixmpp's ``tostring`` makes of
+:func:`result` with the payload appended (save tab, LF and CR in attributes, which it writes as
+character references: see :mod:`.guard`), for :class:`~slixmpp_http_upload.wire.ReplyWriter`.
+
 Upstream, ``StanzaBase.reply()`` could do the same (a new element with the swapped raw
 attributes instead of ``copy.copy(self)`` followed by ``clear()``), and
 ``RootStanza.exception()`` could answer from the raw attributes when building its reply fails.
@@ -19,6 +23,9 @@ from xml.etree import ElementTree as ET
 
 from slixmpp.stanza import Iq
 from slixmpp.xmlstream import StanzaBase
+
+CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+"""What a parser would read as a space in an attribute value, as character references."""
 
 
 def result(request: StanzaBase) -> Iq:
@@ -45,7 +52,33 @@ def error(
     return reply
 
 
-def _reply(request: StanzaBase, kind: str) -> Iq:
+def result_xml(request: StanzaBase, payload: str) -> str:
+    """The text of :func:`result` to ``request`` carrying ``payload`` (the XML text of one element)."""
+    head = "".join(f' {name}="{escape_attribute(value)}"' for name, value in _attributes(request, "result").items())
+    return f"<iq{head}>{payload}</iq>"
+
+
+def escape_attribute(value: str) -> str:
+    """``value`` as a double-quoted attribute value: what ``tostring`` writes, with tab, LF and CR
+    as character references."""
+    if value.isalnum():
+        return value
+    return escape_text(value).replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;")
+
+
+def escape_text(value: str) -> str:
+    """``value`` as element text, as ``tostring`` writes it."""
+    return (
+        value.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("'", "&apos;")
+        .replace('"', "&quot;")
+    )
+
+
+def _attributes(request: StanzaBase, kind: str) -> dict[str, str]:
+    """The reply's attributes, in the order they are written: ``type``, ``id``, ``from``, ``to``."""
     stream = request.stream
     received = request.xml
     attributes = {"type": kind}
@@ -55,4 +88,8 @@ def _reply(request: StanzaBase, kind: str) -> Iq:
         attributes["from"] = recipient  # a client's server adds our address itself
     if sender := received.get("from"):
         attributes["to"] = sender
-    return Iq(stream, xml=ET.Element(f"{{{request.namespace}}}iq", attributes), recv=True)
+    return attributes
+
+
+def _reply(request: StanzaBase, kind: str) -> Iq:
+    return Iq(request.stream, xml=ET.Element(f"{{{request.namespace}}}iq", _attributes(request, kind)), recv=True)

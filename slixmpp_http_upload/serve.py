@@ -205,7 +205,13 @@ def make_component(config: Config, domain: str, backend: Backend, accounting: Ac
     xmpp = ComponentXMPP(settings.service_jid(domain), component.secret, component.server, component.port)
     xmpp.register_plugin(
         "http_upload_server",
-        {"settings": settings, "domain": domain, "backend_instance": backend, "accounting": accounting},
+        {
+            "settings": settings,
+            "domain": domain,
+            "backend_instance": backend,
+            "accounting": accounting,
+            "own_stream": True,
+        },
     )
     size = "unlimited" if settings.max_file_size is None else f"{settings.max_file_size} bytes"
     iqdisc = settings.iqdisc.type

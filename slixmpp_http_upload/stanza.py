@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from xml.etree import ElementTree as ET
 
 from .purposes import NS_PURPOSE
+from .replies import escape_attribute, escape_text
 from .slot import Slot
 
 NS_UPLOAD = "urn:xmpp:http:upload:0"
@@ -66,23 +67,23 @@ class Dialect:
                     return RawRequest(filename, size, content_type, purpose, expire_before)
         return RawRequest(filename, size, content_type)
 
-    def slot_element(self, slot: Slot) -> ET.Element:
-        ns = self.namespace
-        element = ET.Element(f"{{{ns}}}slot")
-        put = ET.SubElement(element, f"{{{ns}}}put")
-        get = ET.SubElement(element, f"{{{ns}}}get")
+    def slot_xml(self, slot: Slot) -> str:
+        """The ``<slot/>`` element as text, as slixmpp's ``tostring`` writes it inside a reply."""
         if self.attributes:
-            put.set("url", slot.put_url)
-            get.set("url", slot.get_url)
-            for name, value in slot.put_headers:
-                header = ET.SubElement(put, f"{{{ns}}}header", name=name)
-                header.text = value
-        elif slot.put_headers:
-            raise ValueError(f"the slot needs PUT headers, which {ns} cannot carry")
-        else:
-            put.text = slot.put_url
-            get.text = slot.get_url
-        return element
+            put_url = escape_attribute(slot.put_url)
+            get = f'<get url="{escape_attribute(slot.get_url)}" />'
+            if not slot.put_headers:
+                return f'<slot xmlns="{self.namespace}"><put url="{put_url}" />{get}</slot>'
+            headers = "".join(
+                f'<header name="{escape_attribute(name)}">{escape_text(value)}</header>' for name, value in slot.put_headers
+            )
+            return f'<slot xmlns="{self.namespace}"><put url="{put_url}">{headers}</put>{get}</slot>'
+        if slot.put_headers:
+            raise ValueError(f"the slot needs PUT headers, which {self.namespace} cannot carry")
+        return (
+            f'<slot xmlns="{self.namespace}"><put>{escape_text(slot.put_url)}</put>'
+            f"<get>{escape_text(slot.get_url)}</get></slot>"
+        )
 
     def retry_element(self, when: datetime) -> ET.Element:
         """``<retry stamp=…/>``: when a temporarily refused requester may ask again (XEP-0082 UTC)."""

@@ -1,0 +1,92 @@
+"""How the plugin's replies reach the stream: written here, or through slixmpp's send queue.
+
+``xmpp.send(stanza)`` queues a stanza object; a task takes it off the queue, runs every outgoing
+filter on it and serialises it with ``slixmpp.xmlstream.tostring``, whose ``escape()`` joins a
+generator over every character of every attribute value. For a slot (two URLs of ~270 characters)
+that was ~40 % of the component's CPU per slot (see ``bench/README.md``).
+
+:class:`ReplyWriter` writes a reply itself — a slot's text made from strings
+(:func:`~slixmpp_http_upload.replies.result_xml`), an error serialised once by ``tostring`` —
+with ``xmpp.send_raw``, right away, but **only while nothing else watches outgoing stanzas**: no
+``out`` filter but the roster's (slixmpp's own, which looks at presence only), no ``out_sce``
+filter, and no ``out_sync`` filter but the guard's own. Otherwise
+(``xep_0198`` stream management in a client bot, which counts and keeps every stanza it sends;
+any other plugin's or the bot's own filter) every reply goes through ``xmpp.send`` as a stanza
+object, exactly as before. The check runs for each reply, so a filter added later is honoured
+from its first stanza on. Either way all replies of one stream take the same road while the
+filters stay the same, so their order is kept.
+
+slixmpp has no public way to list the filters; the writer reads the table ``add_filter`` fills
+(``XMLStream.__filters``), and if a slixmpp release renames it, it sees no table and always
+queues. Upstream, an ``XMLStream.has_filters(mode)`` (or ``send`` itself taking a fast road when
+no filter is registered, and ``escape`` built on ``str.replace``) would make this unnecessary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from slixmpp import BaseXMPP
+from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.tostring import tostring
+
+from . import replies
+from .replies import CHARACTER_REFERENCES
+
+
+class ReplyWriter:
+    """Sends one stream's replies; ``own_filter`` is the guard's ``out_sync`` filter."""
+
+    def __init__(self, xmpp: BaseXMPP, own_filter: Callable[[StanzaBase], StanzaBase | None]) -> None:
+        self.xmpp = xmpp
+        self.own_filter = own_filter
+        self.filters: dict[str, list[Any]] | None = getattr(xmpp, "_XMLStream__filters", None)
+        roster = getattr(xmpp, "roster", None)
+        self.presence_only = getattr(roster, "_save_last_status", None)
+        """The roster's ``out`` filter, which every slixmpp stream has and which looks at
+        presence stanzas only."""
+
+    def direct(self) -> bool:
+        """Whether a reply may be written now without the send queue: connected, the session
+        started (before it slixmpp holds stanzas back), nothing else filtering what goes out and
+        no CDATA mode (``tostring`` escapes differently there)."""
+        filters = self.filters
+        xmpp = self.xmpp
+        return (
+            filters is not None
+            and all(f == self.presence_only for f in filters["out"])
+            and not filters["out_sce"]
+            and all(f == self.own_filter for f in filters["out_sync"])
+            and xmpp.transport is not None
+            and getattr(xmpp, "_session_started", False)  # slixmpp's own flag, read only
+            and not xmpp.use_cdata
+        )
+
+    def send(self, reply: StanzaBase) -> None:
+        """Send a reply made as a stanza object (errors)."""
+        if self.direct():
+            self.xmpp.send_raw(written_form(reply, self.xmpp))
+        else:
+            self.xmpp.send(reply)
+
+    def send_result(self, request: StanzaBase, payload: str) -> None:
+        """Send a ``result`` to ``request`` carrying ``payload``, the XML text of one element
+        (in its namespace, with ``xmlns``, as ``tostring`` writes it)."""
+        if self.direct():
+            self.xmpp.send_raw(replies.result_xml(request, payload))
+        else:
+            reply = replies.result(request)
+            reply.append(ET.fromstring(payload))
+            self.xmpp.send(reply)
+
+
+def written_form(stanza: StanzaBase, stream: BaseXMPP) -> str:
+    """``stanza`` as slixmpp's send queue writes it, except that an ``id`` holding a tab, LF or
+    CR is written with character references (see :mod:`.guard`)."""
+    text = tostring(stanza.xml, xmlns=stream.default_ns, stream=stream, top_level=True)
+    ident = stanza.xml.get("id")
+    if ident is None or ident.isprintable() or stream.use_cdata:
+        return text
+    return text.translate(CHARACTER_REFERENCES)
