@@ -26,7 +26,7 @@ RESULTS = BENCH / "results"
 sys.path.insert(0, str(REPO / "tests"))
 
 from loadclient import Account, LoadClientProcess  # noqa: E402
-from servers import LOOPBACK, Prosody, _stop_process_group, free_ports  # noqa: E402  (tests/servers.py, reused as is)
+from servers import LOOPBACK, Ejabberd, Prosody, _stop_process_group, free_ports  # noqa: E402  (tests/servers.py, reused as is)
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OURS_JID = "upload.localhost"
@@ -126,7 +126,7 @@ def write_json(path: str | os.PathLike[str], document: dict[str, Any]) -> Path:
 # Prosody and its users
 
 
-def register_users(prosody: Prosody, count: int) -> list[Account]:
+def register_users(prosody: Prosody | Ejabberd, count: int) -> list[Account]:
     accounts = [Account(f"bench{i}", f"pw-bench{i}") for i in range(count)]
     for account in accounts:
         prosody.register(account.user, account.password)
@@ -141,18 +141,38 @@ def prosody_and_load_client(
     load client logged in as ``users`` bench accounts, and a work directory; on exit the client
     and Prosody are stopped and the directory removed.  Components the caller starts it must
     stop before leaving."""
-    client: LoadClientProcess | None = None
-    with Prosody(
+    server = Prosody(
         components,
         http_file_share=http_file_share,
         log_level=log_level,
         extra_config="\n".join(part for part in (PROSODY_LOAD_CONFIG, extra) if part),
-    ) as prosody, workdir() as tmp:
+    )
+    with _load_client(server, users) as running:
+        yield running
+
+
+@contextmanager
+def ejabberd_and_load_client(
+    components: dict[str, str], *, users: int, http_upload: bool, log_level: str, extra: str = ""
+) -> Iterator[tuple[Ejabberd, LoadClientProcess, Path]]:
+    """The same with a private ejabberd (its own ``mod_http_upload`` at ``share.localhost`` when
+    ``http_upload``; ``extra`` is top-level YAML), each component on a listener of its own."""
+    server = Ejabberd(
+        components, http_upload=http_upload, log_level=log_level, extra_config=extra, listener_per_component=True
+    )
+    with _load_client(server, users) as running:
+        yield running
+
+
+@contextmanager
+def _load_client(server: Any, users: int) -> Iterator[tuple[Any, LoadClientProcess, Path]]:
+    client: LoadClientProcess | None = None
+    with server, workdir() as tmp:
         try:
-            accounts = register_users(prosody, users)
-            client = LoadClientProcess(LOOPBACK, prosody.c2s_port, prosody.domain, accounts)
+            accounts = register_users(server, users)
+            client = LoadClientProcess(LOOPBACK, server.c2s_port, server.domain, accounts)
             client.start()
-            yield prosody, client, Path(tmp)
+            yield server, client, Path(tmp)
         finally:
             if client is not None:
                 client.stop()
@@ -255,7 +275,7 @@ def write_ours_config(
             [
                 "[component]",
                 f'server = "{LOOPBACK}"',
-                f"port = {prosody.component_port}",
+                f"port = {prosody.component_ports[jid]}",
                 f'secret = "{prosody.components[jid]}"',
                 f'domains = ["{prosody.domain}"]',
                 "",
@@ -295,10 +315,24 @@ def _local_tables(config: Path) -> list[str]:
     ]
 
 
-def ours_process(name: str, config: Path, workdir: Path) -> ComponentProcess:
+def ours_process(name: str, config: Path, workdir: Path, processes: int = 1) -> ComponentProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     argv = [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config)]
+    if processes > 1:
+        argv += ["--processes", str(processes)]
     return ComponentProcess(name, argv, workdir, env)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``serve --processes`` runs its workers as children)."""
+    pids = [pid]
+    for member in pids:
+        for task in Path(f"/proc/{member}/task").glob("*"):
+            try:
+                pids += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return pids
 
 
 def trivial_process(
@@ -308,7 +342,7 @@ def trivial_process(
         sys.executable,
         str(BENCH / "trivial_component.py"),
         "--port",
-        str(prosody.component_port),
+        str(prosody.component_ports[jid]),
         "--jid",
         jid,
         "--secret",

@@ -65,11 +65,17 @@ from harness import (
     cpu_times,
     find_py_spy,
     machine_busy_seconds,
+    process_tree,
     wait_for_quiet,
 )
 from loadclient import LoadClientProcess, LoadError
 
-TARGETS = ("ours", "prosody", "ceiling", "ceiling_slot")
+TARGETS = ("ours", "own", "ceiling", "ceiling_slot")
+OWN_ALIASES = ("prosody", "ejabberd")
+"""Accepted in ``--targets`` for ``own``: the XMPP server's own upload service."""
+SERVERS = ("prosody", "ejabberd")
+SCALED_JID = "upload-scaled.localhost"
+"""Ours run as ``serve --processes N`` (``--processes``, through ejabberd only)."""
 SCALING_IQDISCS = ("one_queue", "parallel", "queues:4", "no_queue")
 
 class BenchError(RuntimeError):
@@ -89,8 +95,8 @@ class Target:
     component: ComponentProcess | None = None
     runs: list[dict[str, Any]] = field(default_factory=list)
 
-    def processes(self, prosody: Prosody) -> dict[str, int]:
-        pids = {"prosody": prosody.pid}
+    def processes(self, server: Prosody) -> dict[str, int]:
+        pids = {"server": server.pid}
         if self.component is not None:
             pids["component"] = self.component.pid
         return pids
@@ -109,11 +115,11 @@ def measure(
     wait_for_quiet(args.quiet_wait)
     if args.warmup:
         client.run(jid, args.warmup, args.inflight, args.timeout)
-    before = {name: cpu_times(pid) for name, pid in processes.items()}
+    before = {name: tree_cpu_times(pid) for name, pid in processes.items()}
     busy_before = machine_busy_seconds()
     stats = client.run(jid, args.requests, args.inflight, args.timeout)
     busy = machine_busy_seconds() - busy_before
-    after = {name: cpu_times(pid) for name, pid in processes.items()}
+    after = {name: tree_cpu_times(pid) for name, pid in processes.items()}
     if stats["errors"] and not allow_errors:
         samples = "\n  ".join(stats["error_samples"])
         raise BenchError(f"{label}: {stats['errors']} of {args.requests} replies were errors, e.g.\n  {samples}")
@@ -142,7 +148,13 @@ def measure(
     }
 
 
-def run_rounds(client: LoadClientProcess, prosody: Prosody, targets: list[Target], args: argparse.Namespace) -> None:
+def tree_cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its children (``serve --processes``' workers)."""
+    times = [cpu_times(member) for member in process_tree(pid)]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
+def run_rounds(client: LoadClientProcess, server: Prosody, targets: list[Target], args: argparse.Namespace) -> None:
     """``args.rounds`` rounds over ``targets``, the order rotating each round, so that a slow
     moment of the machine does not land on one target only."""
     for index in range(args.rounds):
@@ -150,7 +162,7 @@ def run_rounds(client: LoadClientProcess, prosody: Prosody, targets: list[Target
         for target in targets[shift:] + targets[:shift]:
             if target.component is not None:
                 ensure_alive(target.component)
-            row = measure(client, target.label, target.jid, target.processes(prosody), args)
+            row = measure(client, target.label, target.jid, target.processes(server), args)
             target.runs.append(row)
             print(f"  round {index + 1}: {target.label}: {row['rate']:.0f} slots/s", flush=True)
 
@@ -198,11 +210,18 @@ def start_components(client: LoadClientProcess, targets: list[Target]) -> None:
 
 
 def ours_target(
-    prosody: Prosody, work: Path, iqdisc: str, jid: str, extra: Sequence[str] = (), backend: str = "s3"
+    server: Prosody,
+    work: Path,
+    iqdisc: str,
+    jid: str,
+    extra: Sequence[str] = (),
+    backend: str = "s3",
+    processes: int = 1,
 ) -> Target:
     name = jid.partition(".")[0]
-    config = harness.write_ours_config(work / f"{name}.toml", prosody, iqdisc, jid, extra, backend)
-    return Target(f"ours ({iqdisc})", jid, harness.ours_process(name, config, work))
+    config = harness.write_ours_config(work / f"{name}.toml", server, iqdisc, jid, extra, backend)
+    label = f"ours ({iqdisc})" if processes == 1 else f"ours ({iqdisc}, {processes} processes)"
+    return Target(label, jid, harness.ours_process(name, config, work, processes))
 
 
 def variant_jid(iqdisc: str) -> str:
@@ -283,7 +302,7 @@ def two_components(args: argparse.Namespace, policy: str | None) -> dict[str, An
                 pids = {"first": first.pid, "second": second.pid}
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 short = argparse.Namespace(**{**vars(args), "warmup": 0, "timeout": 15})
-                watched = {"prosody": prosody.pid, **{f"component {name}": pid for name, pid in pids.items()}}
+                watched = {"server": prosody.pid, **{f"component {name}": pid for name, pid in pids.items()}}
                 try:
                     result["load"] = measure(client, "two components", OURS_JID, watched, short, allow_errors=True)
                 except LoadError as error:
@@ -329,11 +348,11 @@ def _component_log_lines(text: str, limit: int = 12) -> dict[str, Any]:
 # reporting
 
 
-def print_table(rows: Sequence[dict[str, Any]]) -> None:
+def print_table(rows: Sequence[dict[str, Any]], kind: str = "prosody") -> None:
     """slots/s and latencies of the median-rate run; CPU per slot: median over the runs."""
     header = (
-        f"{'target':<30} {'slots/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
-        f"{'comp µs/slot':>12} {'prosody µs/slot':>15} {'client µs/slot':>14}"
+        f"{'target':<36} {'slots/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
+        f"{'comp µs/slot':>12} {kind + ' µs/slot':>15} {'client µs/slot':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -341,26 +360,29 @@ def print_table(rows: Sequence[dict[str, Any]]) -> None:
         per = row.get("cpu_us_per_slot_median", row["cpu_us_per_slot"])
         comp = f"{per['component']:.0f}" if "component" in per else "—"
         print(
-            f"{row['label']:<30} {row['rate']:>9.0f} {row['latency_us']['p50']:>8.0f} {row['latency_us']['p99']:>8.0f} "
-            f"{comp:>12} {per['prosody']:>15.0f} {per['client']:>14.0f}"
+            f"{row['label']:<36} {row['rate']:>9.0f} {row['latency_us']['p50']:>8.0f} {row['latency_us']['p99']:>8.0f} "
+            f"{comp:>12} {per['server']:>15.0f} {per['client']:>14.0f}"
         )
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     ours = results.get("ours")
-    for other in ("prosody", "ceiling", "ceiling_slot"):
+    scaled = results.get("ours_scaled")
+    if ours and scaled:
+        out["ours N processes/ours 1 process slots/s"] = scaled["rate"] / ours["rate"]
+    for other in ("own", "ceiling", "ceiling_slot"):
         if ours and other in results:
             out[f"ours/{other} slots/s"] = ours["rate"] / results[other]["rate"]
             out[f"ours/{other} p50"] = ours["latency_us"]["p50"] / results[other]["latency_us"]["p50"]
     if ours and "ceiling" in results:
         per, ceiling = ours["cpu_us_per_slot_median"], results["ceiling"]["cpu_us_per_slot_median"]
         out["ours/ceiling component CPU per slot"] = per["component"] / ceiling["component"]
-        out["ours/ceiling Prosody CPU per slot"] = per["prosody"] / ceiling["prosody"]
-    if ours and "prosody" in results:
-        per, share = ours["cpu_us_per_slot_median"], results["prosody"]["cpu_us_per_slot_median"]
-        ours_total = per["component"] + per["prosody"]
-        out["(ours component + Prosody)/Prosody share CPU per slot"] = ours_total / share["prosody"]
+        out["ours/ceiling server CPU per slot"] = per["server"] / ceiling["server"]
+    if ours and "own" in results:
+        per, share = ours["cpu_us_per_slot_median"], results["own"]["cpu_us_per_slot_median"]
+        ours_total = per["component"] + per["server"]
+        out["(ours component + server)/server's own service CPU per slot"] = ours_total / share["server"]
     return out
 
 
@@ -388,7 +410,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend", choices=("s3", "local"), default="s3", help="ours: S3 (dummy bucket) or local (its HTTP server runs)"
     )
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated: ours,prosody,ceiling,ceiling_slot")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help="comma-separated: ours,own (the server's own service),ceiling,ceiling_slot"
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: prosody,ejabberd (default both)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="through ejabberd, also ours as serve --processes N (default 1: not)"
+    )
+    parser.add_argument("--ejabberd-config", default="", help="extra top-level ejabberd config (YAML)")
     parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
     parser.add_argument("--profile", action="store_true", help="py-spy our component during two extra runs (raw, flame graph)")
     parser.add_argument("--py-spy", default="auto", help="path of py-spy (default: look for it)")
@@ -402,7 +431,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to watch a second component (default 3)")
     parser.add_argument("--json", default=str(harness.RESULTS / "throughput.json"), help="JSON output path")
     args = parser.parse_args(argv)
-    args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.target_list = [
+        "own" if t.strip() in OWN_ALIASES else t.strip() for t in args.targets.split(",") if t.strip()
+    ]
+    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if set(args.server_list) - set(SERVERS):
+        parser.error(f"unknown servers: {args.servers}")
     unknown = set(args.target_list) - set(TARGETS)
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
@@ -414,7 +448,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    needs_ours = "ours" in args.target_list or args.scaling
     document: dict[str, Any] = {
         "benchmark": "throughput",
         "machine": harness.machine(),
@@ -422,49 +455,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours_http_upload": args.http_upload,
         "prosody_log_level": args.prosody_log_level,
         "prosody_config": args.prosody_config,
+        "ejabberd_config": args.ejabberd_config,
+        "servers": {},
     }
-    variants = [v for v in SCALING_IQDISCS if v != args.iqdisc] if args.scaling else []
-    components = {jid: secrets.token_hex(8) for jid in (OURS_JID, CEILING_JID, CEILING_SLOT_JID)}
+    for kind in args.server_list:
+        print(f"\n== through {kind} ==", flush=True)
+        document["servers"][kind] = run_server(kind, args)
+    if args.scaling and "prosody" in args.server_list:
+        document["two_components"] = [two_components(args, None), two_components(args, "kick_old")]
+        print_two_components(document["two_components"])
+    path = harness.write_json(args.json, document)
+    print(f"\nJSON: {path}")
+    return 0
+
+
+@contextmanager
+def server_and_client(kind: str, components: dict[str, str], args: argparse.Namespace) -> Iterator[Any]:
+    """The XMPP server ``kind`` with its own upload service and the load client."""
+    if kind == "ejabberd":
+        with harness.ejabberd_and_load_client(
+            components, users=args.users, http_upload=True, log_level="warning", extra=args.ejabberd_config
+        ) as running:
+            yield running
+    else:
+        with harness.prosody_and_load_client(
+            components, users=args.users, http_file_share=True, log_level=args.prosody_log_level, extra=args.prosody_config
+        ) as running:
+            yield running
+
+
+def run_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every target through one XMPP server, the same load for each; results and ratios."""
+    document: dict[str, Any] = {}
+    needs_ours = "ours" in args.target_list or args.scaling or args.processes > 1
+    variants = [v for v in SCALING_IQDISCS if v != args.iqdisc] if args.scaling and kind == "prosody" else []
+    scale_out = args.processes > 1 and kind == "ejabberd"
+    components = {jid: secrets.token_hex(8) for jid in (OURS_JID, CEILING_JID, CEILING_SLOT_JID, SCALED_JID)}
     components.update({variant_jid(v): secrets.token_hex(8) for v in variants})
     targets: dict[str, Target] = {}
-    with harness.prosody_and_load_client(
-        components, users=args.users, http_file_share=True, log_level=args.prosody_log_level, extra=args.prosody_config
-    ) as (prosody, client, work):
+    with server_and_client(kind, components, args) as (server, client, work):
         try:
             if needs_ours:
-                targets["ours"] = ours_target(prosody, work, args.iqdisc, OURS_JID, args.http_upload, args.backend)
-            targets["prosody"] = Target("prosody mod_http_file_share", Prosody.share_jid)
+                targets["ours"] = ours_target(server, work, args.iqdisc, OURS_JID, args.http_upload, args.backend)
+            own_label = "ejabberd mod_http_upload" if kind == "ejabberd" else "prosody mod_http_file_share"
+            targets["own"] = Target(own_label, server.share_jid)
             targets["ceiling"] = Target(
-                "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", prosody, work)
+                "ceiling (trivial component)", CEILING_JID, harness.trivial_process("ceiling", server, work)
             )
             targets["ceiling_slot"] = Target(
                 "ceiling, slot-sized reply",
                 CEILING_SLOT_JID,
-                harness.trivial_process("ceiling_slot", prosody, work, CEILING_SLOT_JID, slot=True),
+                harness.trivial_process("ceiling_slot", server, work, CEILING_SLOT_JID, slot=True),
             )
             for variant in variants:
                 targets[f"ours:{variant}"] = ours_target(
-                    prosody, work, variant, variant_jid(variant), args.http_upload, args.backend
+                    server, work, variant, variant_jid(variant), args.http_upload, args.backend
                 )
+            keys = list(args.target_list)
+            if scale_out:
+                targets["ours_scaled"] = ours_target(
+                    server, work, args.iqdisc, SCALED_JID, args.http_upload, args.backend, args.processes
+                )
+                keys.append("ours_scaled")
             start_components(client, list(targets.values()))
             print(
-                f"Prosody pid {prosody.pid}, load client pid {client.pid}: K={args.users} connections × "
+                f"{kind} pid {server.pid}, load client pid {client.pid}: K={args.users} connections × "
                 f"D={args.inflight} in flight, N={args.requests} requests (+{args.warmup} warm-up) per run, "
                 f"{args.rounds} rounds",
                 flush=True,
             )
-            main_targets = [targets[key] for key in args.target_list]
-            run_rounds(client, prosody, main_targets, args)
-            results = {key: representative(targets[key]) for key in args.target_list}
+            run_rounds(client, server, [targets[key] for key in keys], args)
+            results = {key: representative(targets[key]) for key in keys}
             document["results"] = results
             document["ratios"] = ratios(results)
             print()
-            print_table(list(results.values()))
+            print_table(list(results.values()), kind)
             for name, value in document["ratios"].items():
                 print(f"  {name}: {value:.2f}")
-            if args.scaling:
+            if variants:
                 scaled = [targets["ours"]] + [targets[f"ours:{v}"] for v in variants]
-                document["scaling"] = scaling(client, prosody, scaled, args)
+                document["scaling"] = scaling(client, server, scaled, args, kind)
             if args.profile and "ours" in targets:
                 ours = targets["ours"]
                 assert ours.component is not None
@@ -474,23 +544,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for target in targets.values():
                 if target.component is not None:
                     target.component.stop()
-    if args.scaling:
-        document["two_components"] = [two_components(args, None), two_components(args, "kick_old")]
-        print_two_components(document["two_components"])
-    path = harness.write_json(args.json, document)
-    print(f"\nJSON: {path}")
-    return 0
+    return document
 
 
 def scaling(
-    client: LoadClientProcess, prosody: Prosody, targets: list[Target], args: argparse.Namespace
+    client: LoadClientProcess, server: Prosody, targets: list[Target], args: argparse.Namespace, kind: str
 ) -> list[dict[str, Any]]:
     """Ours under every iqdisc, each its own component process at its own JID, interleaved."""
     print("\nours under each iqdisc:")
     fresh = [Target(t.label, t.jid, t.component) for t in targets]
-    run_rounds(client, prosody, fresh, args)
+    run_rounds(client, server, fresh, args)
     rows = [representative(t) for t in fresh]
-    print_table(rows)
+    print_table(rows, kind)
     return rows
 
 

@@ -113,9 +113,14 @@ def command_setup_bucket(args: argparse.Namespace, config: Config) -> int:
 
 def command_serve(args: argparse.Namespace, config: Config) -> int:
     """Run the upload component(s), and the HTTP server of the local backend, until SIGINT or SIGTERM."""
-    from .serve import serve
+    from .processes import check_processes, supervise
+    from .serve import configure_logging, serve
 
-    return serve(config, verbose=args.verbose)
+    check_processes(config, args.processes)
+    if args.processes > 1:
+        configure_logging(args.verbose)
+        return supervise(config_path(args.config).resolve(), args.processes, args.verbose)
+    return serve(config, verbose=args.verbose, standby=not args.worker)
 
 
 def command_sweep(args: argparse.Namespace, config: Config) -> int:
@@ -246,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", parents=[config_option], help="run the upload component(s) (and the local backend's HTTP server)"
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log each slot and each refusal")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes as the same component (for servers that balance them: ejabberd; default 1)",
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --processes
     serve.set_defaults(run=command_serve)
 
     sweep = commands.add_parser("sweep", parents=[config_option], help="delete every expired file once (for cron)")

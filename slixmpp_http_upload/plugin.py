@@ -18,7 +18,8 @@ domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Bac
 own over the ``ledger`` file), and ``own_stream``: True when nothing but slixmpp and this plugin
 handles or filters the stream (``serve``'s components). A well-formed slot request is then
 handled from the guard's filter, before slixmpp matches it against every handler; a bot's stream
-keeps the usual road, so its own handlers and filters see what they saw.
+and the replies of one turn of the event loop leave in one write; a bot's stream keeps the usual
+road, so its own handlers and filters see what they saw.
 """
 
 from __future__ import annotations
@@ -107,10 +108,11 @@ class HttpUploadServer(BasePlugin):
         self.matcher = RequestMatcher(set(self.dialects), self.xmpp)  # lets only IQs through
         self.xmpp.register_handler(Callback(HANDLER_NAME, self.matcher, self._on_request))  # type: ignore[arg-type]
         self.guard = StreamGuard(self.xmpp, frozenset(self.dialects))
+        self.writer = self.guard.writer
         if self.config.get("own_stream"):
             self.guard.take = self._take
+            self.writer.coalesce = True
         self.guard.install()
-        self.writer = self.guard.writer
         self.advertised_jid: JID | None = None
         self._advertise()
         self.xmpp.add_event_handler("session_bind", self._advertise)
@@ -138,6 +140,7 @@ class HttpUploadServer(BasePlugin):
         SIGINT or SIGTERM, before it closes the stream."""
         for iq in await self.pending.drain(timeout):
             self._refuse(iq, "shutdown", "wait", "service-unavailable", SHUTTING_DOWN)
+        self.writer.flush()  # before the stream closes
         self.dispatcher.close()  # nothing it still holds may answer after the refusal
 
     def _settings(self) -> UploadSettings:

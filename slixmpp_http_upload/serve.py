@@ -37,6 +37,7 @@ from .options import ConfigError
 from .retention import CannotDelete, Sweeper
 from .s3 import S3Backend
 from .served import ServedFiles
+from .processes import CONFLICT_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +56,32 @@ FATAL_STREAM_ERRORS = {
 
 
 class ComponentRefused(Exception):
-    """The server turned a component away for good; ``str()`` says which and why."""
+    """The server turned a component away for good; ``str()`` says which and why, ``status`` is
+    ``serve``'s exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def serve(config: Config, verbose: bool = False) -> int:
+def serve(config: Config, verbose: bool = False, standby: bool = True) -> int:
     """Run the components of ``config`` until SIGINT or SIGTERM (exit status 0, once every
     pending slot request is answered or refused: :data:`DRAIN_TIMEOUT`), or until the
     server refuses one of them (1). Raises :class:`ConfigError` before connecting anything.
-    ``verbose`` logs each slot and each refusal too."""
+    ``verbose`` logs each slot and each refusal too. A component the server turns away because
+    another connection has its name (``conflict``) waits to take over (``standby``), or ends
+    ``serve`` with :data:`~slixmpp_http_upload.processes.CONFLICT_STATUS` (a worker of
+    ``--processes``)."""
     if config.component.secret is None:
         raise ConfigError("component.secret", "is required to serve")
     if not config.component.domains:
         raise ConfigError("component.domains", "must list at least one domain to serve")
     if config.metrics.port is not None:
         _require_prometheus()
-    _configure_logging(logging.DEBUG if verbose else logging.INFO)
+    configure_logging(verbose)
     _raise_file_limit()
     try:
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, standby))
     except KeyboardInterrupt:  # SIGINT before the loop's own handler was in place
         return 0
 
@@ -95,15 +104,15 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _configure_logging(level: int) -> None:
-    """Our lines from ``level`` on and everyone's warnings on stderr, unless the caller set
-    logging up."""
+def configure_logging(verbose: bool) -> None:
+    """Our lines from INFO on (DEBUG when ``verbose``) and everyone's warnings on stderr, unless
+    the caller set logging up."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger(__package__).setLevel(level)
+        logging.getLogger(__package__).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, standby: bool = True) -> int:
     component = config.component
     backend = create_backend(config.http_upload)
     ledger = open_ledger(config.http_upload)
@@ -111,7 +120,7 @@ async def _serve(config: Config) -> int:
     try:
         sweeper = _sweeper(config.http_upload, ledger, backend)
         accounting = Accounting(config.http_upload, ledger)
-        return await _run(config, backend, accounting, sweeper)
+        return await _run(config, backend, accounting, sweeper, standby)
     finally:
         ledger.close()
 
@@ -126,10 +135,14 @@ def _sweeper(settings: UploadSettings, ledger: Ledger, backend: Backend) -> Swee
         return None
 
 
-async def _run(config: Config, backend: Backend, accounting: Accounting, sweeper: Sweeper | None) -> int:
+async def _run(
+    config: Config, backend: Backend, accounting: Accounting, sweeper: Sweeper | None, standby: bool
+) -> int:
     component = config.component
     links = [
-        Link(make_component(config, domain, backend, accounting), component.server, component.port)
+        Link(
+            make_component(config, domain, backend, accounting), component.server, component.port, standby=standby
+        )
         for domain in component.domains
     ]
     counters = [link.xmpp.plugin["http_upload_server"].metrics for link in links]  # type: ignore[typeddict-item]
@@ -175,12 +188,12 @@ def served_over_http(backend: Backend) -> LocalBackend | S3Backend | None:
 
 
 def _exit_status(tasks: list[asyncio.Task[None]]) -> int:
-    """1 when the server refused a component (said on stderr), else 0; re-raises a crash."""
+    """The status of a component the server refused (said on stderr), else 0; re-raises a crash."""
     for task in tasks:
         error = None if task.cancelled() or not task.done() else task.exception()
         if isinstance(error, ComponentRefused):
             log.error("%s", error)
-            return 1
+            return error.status
         if error is not None:
             raise error
     log.info("stopped")
@@ -228,9 +241,16 @@ class Link:
     """Keeps one component connected to its server."""
 
     def __init__(
-        self, xmpp: ComponentXMPP, server: str, port: int, handshake_timeout: float = HANDSHAKE_TIMEOUT
+        self,
+        xmpp: ComponentXMPP,
+        server: str,
+        port: int,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        *,
+        standby: bool = True,
     ) -> None:
         self.xmpp = xmpp
+        self.standby = standby
         self.server = server
         self.port = port
         self.handshake_timeout = handshake_timeout
@@ -300,6 +320,13 @@ class Link:
         condition = error["condition"]
         if condition in FATAL_STREAM_ERRORS:
             self._end(ComponentRefused(f"component {self.name}: {FATAL_STREAM_ERRORS[condition]}"))
+        elif condition == "conflict" and not self.standby:
+            self._end(
+                ComponentRefused(
+                    f"component {self.name}: the server keeps one connection per component name (conflict)",
+                    CONFLICT_STATUS,
+                )
+            )
         self._stream_error = f"{condition}: {error['text']}" if error["text"] else condition
 
     def _on_connection_failed(self, error: Any) -> None:

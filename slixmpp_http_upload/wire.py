@@ -7,7 +7,9 @@ that was ~40 % of the component's CPU per slot (see ``bench/README.md``).
 
 :class:`ReplyWriter` writes a reply itself — a slot's text made from strings
 (:func:`~slixmpp_http_upload.replies.result_xml`), an error serialised once by ``tostring`` —
-with ``xmpp.send_raw``, right away, but **only while nothing else watches outgoing stanzas**: no
+with ``xmpp.send_raw`` — on ``serve``'s own streams all the replies made in one turn of the event
+loop in one write (a component answers a whole read of requests in one turn: one system call
+instead of one per reply, and fewer, fuller packets for the server to read) — but **only while nothing else watches outgoing stanzas**: no
 ``out`` filter but the roster's (slixmpp's own, which looks at presence only), no ``out_sce``
 filter, and no ``out_sync`` filter but the guard's own. Otherwise
 (``xep_0198`` stream management in a client bot, which counts and keeps every stanza it sends;
@@ -47,6 +49,10 @@ class ReplyWriter:
         self.presence_only = getattr(roster, "_save_last_status", None)
         """The roster's ``out`` filter, which every slixmpp stream has and which looks at
         presence stanzas only."""
+        self.coalesce = False
+        """Whether the replies of one turn of the event loop go out in one write (``serve``'s
+        own streams; a bot's test harness may expect a write per stanza)."""
+        self.batch: list[str] = []
 
     def direct(self) -> bool:
         """Whether a reply may be written now without the send queue: connected, the session
@@ -67,7 +73,7 @@ class ReplyWriter:
     def send(self, reply: StanzaBase) -> None:
         """Send a reply made as a stanza object (errors)."""
         if self.direct():
-            self.xmpp.send_raw(written_form(reply, self.xmpp))
+            self._write(written_form(reply, self.xmpp))
         else:
             self.xmpp.send(reply)
 
@@ -75,11 +81,29 @@ class ReplyWriter:
         """Send a ``result`` to ``request`` carrying ``payload``, the XML text of one element
         (in its namespace, with ``xmlns``, as ``tostring`` writes it)."""
         if self.direct():
-            self.xmpp.send_raw(replies.result_xml(request, payload))
+            self._write(replies.result_xml(request, payload))
         else:
             reply = replies.result(request)
             reply.append(ET.fromstring(payload))
             self.xmpp.send(reply)
+
+    def _write(self, text: str) -> None:
+        """Write ``text``, with the other replies made in this turn of the event loop if coalescing."""
+        if not self.coalesce:
+            self.xmpp.send_raw(text)
+            return
+        self.batch.append(text)
+        if len(self.batch) == 1:
+            self.xmpp.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the replies made so far, in one write (dropped if the stream is gone)."""
+        if not self.batch:
+            return
+        text = "".join(self.batch)
+        self.batch.clear()
+        if self.xmpp.transport is not None:
+            self.xmpp.send_raw(text)
 
 
 def written_form(stanza: StanzaBase, stream: BaseXMPP) -> str:

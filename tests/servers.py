@@ -813,6 +813,7 @@ class Prosody(_XmppServer):
         self.http_file_share = http_file_share
         self.extra_config = extra_config
         self.c2s_port, self.component_port, self.http_port = free_ports(3)
+        self.component_ports = {jid: self.component_port for jid in self.components}
         self.config_path = self.tmpdir / "prosody.cfg.lua"
         self.log_path = self.tmpdir / "prosody.log"
         for sub in ("data", "certs"):
@@ -980,9 +981,12 @@ class Ejabberd(_XmppServer):
     ``components`` maps external component JIDs to their passwords: one
     ``ejabberd_service`` listener on ``component_port`` serves them all (the
     README's snippet).  c2s is plaintext only (no certificate, no STARTTLS);
-    ejabberd then offers PLAIN and SCRAM without TLS.  No s2s, no HTTP.
+    ejabberd then offers PLAIN and SCRAM without TLS.  No s2s; HTTP only with ``http_upload``:
+    ejabberd's own ``mod_http_upload`` at ``share.DOMAIN`` (``share_jid``), its files under the
+    temp dir, served on ``http_port``.  ``extra_config`` is appended as top-level YAML (such as
+    ``domain_balancing``).
 
-    Attributes: ``domain``, ``c2s_port``, ``component_port``, ``dist_port``,
+    Attributes: ``domain``, ``c2s_port``, ``component_port``, ``dist_port``, ``http_port``,
     ``node``, ``components``, ``users`` (filled by ``register``), ``config_path``,
     ``log_path``, ``tmpdir``.  Ports, node name and spool (accounts) are kept
     across ``restart()``.
@@ -998,15 +1002,25 @@ class Ejabberd(_XmppServer):
         log_level: str = "info",
         startup_timeout: float = 60.0,
         stop_timeout: float = 15.0,
+        http_upload: bool = False,
+        extra_config: str = "",
+        listener_per_component: bool = False,
     ) -> None:
         super().__init__(components, domain, log_level, startup_timeout, stop_timeout)
         found = find_ejabberd()
         self.erl, self.lib_dir = found if found else ("", "")
-        self.c2s_port, self.component_port, self.dist_port = free_ports(3)
+        self.http_upload = http_upload
+        self.extra_config = extra_config
+        self.share_jid = f"share.{domain}"
+        self.c2s_port, self.component_port, self.dist_port, self.http_port = free_ports(4)
+        self.component_ports = {jid: self.component_port for jid in self.components}
+        if listener_per_component and len(self.components) > 1:
+            extra = free_ports(len(self.components) - 1, exclude=[self.c2s_port, self.component_port, self.dist_port, self.http_port])
+            self.component_ports.update(zip(list(self.components)[1:], extra))
         self.node = f"ejabberd-{secrets.token_hex(4)}@localhost"
         self.config_path = self.tmpdir / "ejabberd.yml"
         self.log_path = self.tmpdir / "logs" / "ejabberd.log"
-        for sub in ("spool", "logs"):
+        for sub in ("spool", "logs", "upload"):
             (self.tmpdir / sub).mkdir(mode=0o700)
         # Both the server and the control nodes read it from $HOME; erl insists on 0400.
         cookie = self.tmpdir / ".erlang.cookie"
@@ -1031,23 +1045,42 @@ class Ejabberd(_XmppServer):
             "    module: ejabberd_c2s",
             "    starttls_required: false",
         ]
-        if self.components:  # the shape of the README's snippet
+        for port in sorted(set(self.component_ports.values())):  # one listener: the README's snippet
             lines += [
                 "  -",
-                f"    port: {self.component_port}",
+                f"    port: {port}",
                 f"    ip: {q(LOOPBACK)}",
                 "    module: ejabberd_service",
                 "    hosts:",
             ]
             for jid, password in self.components.items():
-                lines += [f"      {q(jid)}:", f"        password: {q(password)}"]
+                if self.component_ports[jid] == port:
+                    lines += [f"      {q(jid)}:", f"        password: {q(password)}"]
+        if self.http_upload:
+            lines += [
+                "  -",
+                f"    port: {self.http_port}",
+                f"    ip: {q(LOOPBACK)}",
+                "    module: ejabberd_http",
+                "    request_handlers:",
+                "      /upload: mod_http_upload",
+            ]
         lines += [
             "modules:",
             "  mod_disco: {}",
             "  mod_ping: {}",
-            "",
         ]
-        return "\n".join(lines)
+        if self.http_upload:
+            lines += [
+                "  mod_http_upload:",
+                f"    hosts: [{q(self.share_jid)}]",
+                f"    put_url: {q(f'http://{LOOPBACK}:{self.http_port}/upload')}",
+                f"    docroot: {q(str(self.tmpdir / 'upload'))}",
+                "    max_size: 104857600",
+                "    thumbnail: false",
+                "    access: all",
+            ]
+        return "\n".join([*lines, self.extra_config, ""])
 
     def _env(self) -> dict[str, str]:
         env = {
@@ -1103,7 +1136,8 @@ class Ejabberd(_XmppServer):
         return [*self._ports_to_wait(), self.dist_port]
 
     def _ports_to_wait(self) -> list[int]:
-        return [self.c2s_port, self.component_port] if self.components else [self.c2s_port]
+        ports = [self.c2s_port, *sorted(set(self.component_ports.values()))]
+        return [*ports, self.http_port] if self.http_upload else ports
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail([self._console_path, self.tmpdir / "logs" / "error.log"], lines)
