@@ -50,7 +50,8 @@ def check_processes(config: Config, processes: int) -> None:
 
 def supervise(config_file: Path, processes: int, verbose: bool) -> int:
     """Run ``processes`` workers until SIGINT/SIGTERM or until one fails; the exit status is 0
-    after a signal, else the failed worker's (1 if the server turned every one away)."""
+    after a signal, else the failed worker's (1 if a signal killed it, or if the server turned
+    every one away)."""
     argv = [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config_file), "--worker"]
     if verbose:
         argv.append("--verbose")
@@ -93,10 +94,11 @@ class Supervisor:
             ended = [worker.returncode for worker in self.workers if worker.returncode is not None]
             failed = [status for status in ended if status not in (0, CONFLICT_STATUS)]
             if failed:
+                log.error("a worker process ended with status %d: stopping the others", failed[0])
                 self.stop()
                 for worker in running:
                     worker.wait()
-                return failed[0]
+                return failed[0] if failed[0] > 0 else 1
             if (conflicts := ended.count(CONFLICT_STATUS)) > turned_away:
                 turned_away = conflicts
                 log.error(

@@ -78,7 +78,7 @@ def serve(config: Config, verbose: bool = False, standby: bool = True) -> int:
         raise ConfigError("component.domains", "must list at least one domain to serve")
     if config.metrics.port is not None:
         _require_prometheus()
-    configure_logging(verbose)
+    configure_logging(verbose, worker=not standby)
     _raise_file_limit()
     try:
         return asyncio.run(_serve(config, standby))
@@ -104,11 +104,12 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def configure_logging(verbose: bool) -> None:
+def configure_logging(verbose: bool, worker: bool = False) -> None:
     """Our lines from INFO on (DEBUG when ``verbose``) and everyone's warnings on stderr, unless
-    the caller set logging up."""
+    the caller set logging up; a worker of ``--processes`` tells its process id."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        process = "[%(process)d] " if worker else ""
+        logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {process}%(levelname)s %(name)s: %(message)s")
         logging.getLogger(__package__).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

@@ -12,7 +12,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -87,7 +87,7 @@ class ServeProcess:
     or AWS's variables from the environment (but those in ``env``); its stdout and stderr go to
     files beside the config (``stdout``/``stderr`` read them)."""
 
-    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.config = config
         self._out, self._err = config.with_suffix(".out"), config.with_suffix(".err")
         env = {
@@ -96,7 +96,7 @@ class ServeProcess:
         }
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config)],
+                [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config), *args],
                 cwd=config.parent,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -127,14 +127,15 @@ class ServeProcess:
 
 @pytest.fixture(scope="module")
 def start_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServeProcess]]:
-    """``start_serve(document, env=None)`` writes the config and starts ``serve``; every process
-    started is stopped (SIGTERM, then SIGKILL) at the end of the module, whatever happened."""
+    """``start_serve(document, env=None, args=())`` writes the config and starts ``serve`` (with
+    the command-line ``args``); every process started is stopped (SIGTERM, then SIGKILL) at the
+    end of the module, whatever happened."""
     processes: list[ServeProcess] = []
     directory = tmp_path_factory.mktemp("serve")
 
-    def start(document: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ServeProcess:
+    def start(document: Mapping[str, Any], env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> ServeProcess:
         config = write_toml(directory / f"serve-{len(processes)}.toml", document)
-        processes.append(ServeProcess(config, env))
+        processes.append(ServeProcess(config, env, args))
         return processes[-1]
 
     yield start

@@ -19,6 +19,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Self
+from xml.etree import ElementTree as ET
 
 import pytest
 from hypothesis import strategies as st
@@ -289,6 +290,15 @@ async def service_user(clients: XmppClients, server: XmppServer, user: str) -> C
     xmpp = await clients.connect(server, user)
     await clients.wait_for_service(xmpp, UPLOAD_JID, timeout=30)
     return xmpp
+
+
+def request_slot(client: ClientXMPP, to: str, filename: str, size: int = 1000) -> Any:
+    """Send an XEP-0363 (``:0``) slot request for ``filename`` to ``to``; the future of the answer."""
+    iq = client.make_iq_get(ito=to)
+    ET.SubElement(
+        iq.xml, "{urn:xmpp:http:upload:0}request", filename=filename, size=str(size), **{"content-type": "image/jpeg"}
+    )
+    return iq.send(timeout=15)
 
 
 async def upload_and_fetch(xmpp: ClientXMPP, path: Path, purpose: str | None = None) -> str:

@@ -16,12 +16,11 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Iterator
-from xml.etree import ElementTree as ET
 
 import pytest
 from slixmpp import ClientXMPP
 
-from helpers import XmppClients
+from helpers import XmppClients, request_slot
 from servers import Prosody, find_prosody
 from slixmpp_http_upload.s3 import S3Backend
 from slixmpp_http_upload.sigv4 import Credentials
@@ -64,12 +63,6 @@ def make_bot(server: Prosody) -> ClientXMPP:
     return bot
 
 
-def slot_request(client: ClientXMPP, to: str, number: int) -> object:
-    iq = client.make_iq_get(ito=to)
-    ET.SubElement(iq.xml, f"{{{NS}}}request", filename=f"f{number}.jpg", size="1000", **{"content-type": "image/jpeg"})
-    return iq.send(timeout=15)
-
-
 async def changed(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.05)
@@ -89,7 +82,7 @@ async def test_bot_with_stream_management_keeps_the_servers_count(prosody_sm: Pr
             assert not bot.plugin["http_upload_server"].writer.direct()  # xep_0198's filter is there
 
             alice = await clients.connect(prosody_sm, "alice")
-            answers = await asyncio.gather(*(slot_request(alice, bot.boundjid.full, n) for n in range(REQUESTS)))
+            answers = await asyncio.gather(*(request_slot(alice, bot.boundjid.full, f"f{n}.jpg") for n in range(REQUESTS)))
             for number, answer in enumerate(answers):
                 slot = answer.xml.find(f"{{{NS}}}slot")  # type: ignore[attr-defined]
                 assert slot is not None, answer
