@@ -32,8 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slixmpp_http_upload.config import load_config
+from slixmpp_http_upload.accounting import Accounting, open_ledger
 from slixmpp_http_upload.backends import create_backend
+from slixmpp_http_upload.config import load_config
 from slixmpp_http_upload.serve import make_component
 
 JID = "upload.localhost"
@@ -73,7 +74,7 @@ class CountingTransport:
         pass
 
 
-def write_config(directory: Path, backend: str) -> Path:
+def write_config(directory: Path, backend: str, extra: list[str]) -> Path:
     lines = [
         "[component]",
         'server = "127.0.0.1"',
@@ -83,6 +84,7 @@ def write_config(directory: Path, backend: str) -> Path:
         "",
         "[http_upload]",
         'host = "upload.@HOST@"',
+        *extra,
     ]
     if backend == "s3":
         lines += [
@@ -103,8 +105,10 @@ def write_config(directory: Path, backend: str) -> Path:
 
 async def run(args: argparse.Namespace) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="bench-path-") as tmp:
-        config = load_config(write_config(Path(tmp), args.backend))
-        xmpp = make_component(config, "localhost", create_backend(config.http_upload))
+        config = load_config(write_config(Path(tmp), args.backend, args.http_upload))
+        ledger = open_ledger(config.http_upload)
+        accounting = Accounting(config.http_upload, ledger)
+        xmpp = make_component(config, "localhost", create_backend(config.http_upload), accounting)
         transport = CountingTransport()
         xmpp.connection_made(transport)  # type: ignore[arg-type]
         sender = asyncio.ensure_future(xmpp.run_filters())  # what connect() starts: the send queue
@@ -139,6 +143,7 @@ async def run(args: argparse.Namespace) -> list[float]:
             stats = pstats.Stats(profiler)
             stats.sort_stats(args.sort).print_stats(args.top)
         sender.cancel()
+        ledger.close()
         print(f"last reply ({len(transport.last)} bytes): {transport.last[:160].decode()}…")
         return per_slot
 
@@ -150,6 +155,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=16, help="stanzas per read (default 16)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--http-upload", action="append", default=[], metavar="TOML", help="a further [http_upload] line (limits…)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one more round")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=30)

@@ -29,6 +29,17 @@ def open_ledger(settings: UploadSettings, path: str = "http_upload") -> Ledger:
         raise ConfigError(f"{path}.ledger", f"cannot open {settings.ledger!r}: {error}") from None
 
 
+def quotas(settings: UploadSettings) -> Quotas:
+    """The (empty) counters of the limits ``settings`` turn on."""
+    rules = settings.purposes.values()
+    return Quotas(
+        daily_quotas={"": settings.daily_quota, **{r.name: r.daily_quota for r in rules if r.daily_pool}},
+        total_quotas={"": settings.total_quota, **{r.name: r.total_quota for r in rules if r.total_pool}},
+        rate_limit=settings.rate_limit,
+        global_quota=settings.global_quota,
+    )
+
+
 class Accounting:
     """The limits of ``settings`` over the records of ``ledger``; ``clock`` gives epoch seconds."""
 
@@ -36,13 +47,7 @@ class Accounting:
         self.purposes = settings.purposes
         self.ledger = ledger
         self.clock = clock
-        rules = settings.purposes.values()
-        self.quotas = Quotas(
-            daily_quotas={"": settings.daily_quota, **{r.name: r.daily_quota for r in rules if r.daily_pool}},
-            total_quotas={"": settings.total_quota, **{r.name: r.total_quota for r in rules if r.total_pool}},
-            rate_limit=settings.rate_limit,
-            global_quota=settings.global_quota,
-        )
+        self.quotas = quotas(settings)
         self._limited = self.quotas.active
         if self._limited:
             # oldest first, gone or not: each window forgets from its front

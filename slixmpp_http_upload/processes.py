@@ -12,8 +12,10 @@ goes on with the processes that the server took.
 The supervisor itself does no XMPP: it starts the workers (``python -m slixmpp_http_upload serve
 --worker``, same configuration and verbosity), passes SIGINT/SIGTERM on to them and waits for all
 to end. A worker that fails for any other reason ends the whole service, so that whatever
-watches ``serve`` (systemd) sees it. Refused with more than one process: the ``local`` backend
-(its HTTP server listens in one process) and a ``[metrics]`` port (one port per host).
+watches ``serve`` (systemd) sees it. The workers share the ledger file (SQLite, each writing its
+own slots). Refused with more than one process: anything that needs the built-in HTTP server
+(the ``local`` backend, S3 ``downloads = "redirect"``: it listens in one process), a
+``[metrics]`` port, and per-user or global limits (each process would count only its own slots).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from .accounting import quotas
+from .backends import create_backend
 from .config import Config
 from .options import ConfigError
+from .serve import CONFLICT_STATUS, served_over_http
 
 log = logging.getLogger(__name__)
 
-CONFLICT_STATUS = 3
-"""A worker's exit status when the server turned its connection away as a duplicate."""
 POLL_SECONDS = 0.2
 
 
@@ -42,10 +45,16 @@ def check_processes(config: Config, processes: int) -> None:
         raise ConfigError("--processes", "must be at least 1")
     if processes == 1:
         return
-    if config.http_upload.backend == "local":
-        raise ConfigError("--processes", "needs a backend without the built-in HTTP server (local serves from one process)")
+    if served_over_http(create_backend(config.http_upload)):
+        raise ConfigError(
+            "--processes",
+            "needs a backend without the built-in HTTP server (local files and S3 redirect downloads are served "
+            "from one process)",
+        )
     if config.metrics.port is not None:
         raise ConfigError("--processes", "cannot share metrics.port between processes (run one serve per port)")
+    if quotas(config.http_upload).active:
+        raise ConfigError("--processes", "cannot keep per-user or global limits: each process would count only its own")
 
 
 def supervise(config_file: Path, processes: int, verbose: bool) -> int:

@@ -54,8 +54,8 @@ def error(
 
 def result_xml(request: StanzaBase, payload: str) -> str:
     """The text of :func:`result` to ``request`` carrying ``payload`` (the XML text of one element)."""
-    head = "".join(f' {name}="{escape_attribute(value)}"' for name, value in _attributes(request, "result").items())
-    return f"<iq{head}>{payload}</iq>"
+    head = [f' {name}="{escape_attribute(value)}"' for name, value in _attributes(request, "result").items()]
+    return f"<iq{''.join(head)}>{payload}</iq>"
 
 
 def escape_attribute(value: str) -> str:

@@ -37,7 +37,6 @@ from .options import ConfigError
 from .retention import CannotDelete, Sweeper
 from .s3 import S3Backend
 from .served import ServedFiles
-from .processes import CONFLICT_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,9 @@ FATAL_STREAM_ERRORS = {
     "host-unknown": "the server has no component of that name (see its configuration)",
 }
 """Stream errors at the handshake that retrying cannot fix (what Prosody 0.12 and ejabberd 23.01 send)."""
+CONFLICT_STATUS = 3
+"""``serve``'s exit status when the server turned the connection away because another one has
+the component's name (``conflict``) and ``serve`` runs as a worker of ``--processes``."""
 
 
 class ComponentRefused(Exception):
@@ -70,7 +72,7 @@ def serve(config: Config, verbose: bool = False, standby: bool = True) -> int:
     server refuses one of them (1). Raises :class:`ConfigError` before connecting anything.
     ``verbose`` logs each slot and each refusal too. A component the server turns away because
     another connection has its name (``conflict``) waits to take over (``standby``), or ends
-    ``serve`` with :data:`~slixmpp_http_upload.processes.CONFLICT_STATUS` (a worker of
+    ``serve`` with :data:`CONFLICT_STATUS` (a worker of
     ``--processes``)."""
     if config.component.secret is None:
         raise ConfigError("component.secret", "is required to serve")

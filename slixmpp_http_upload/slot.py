@@ -15,6 +15,9 @@ ALLOWED_PUT_HEADERS = frozenset({"authorization", "cookie", "expires"})
 """The only header names XEP-0363 lets a service hand to clients."""
 
 _URL = re.compile(r"[!-~]+")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters and DEL, refused in file names."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 """What a slot URL may hold: printable ASCII, no space (anything else is percent-encoded)."""
 
 MAX_FILENAME_BYTES = 255
@@ -109,13 +112,13 @@ def make_request(
 def check_filename(filename: str | None) -> str:
     if not filename:
         raise BadRequest("The filename is missing or empty.")
-    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in filename):
+    if _CONTROL.search(filename):
         raise BadRequest("The filename contains control characters.")
     if filename in (".", ".."):
         raise BadRequest("The filename cannot be '.' or '..'.")
     if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
         raise BadRequest(f"The filename is longer than {MAX_FILENAME_BYTES} bytes.")
-    if any(0xD800 <= ord(char) <= 0xDFFF for char in filename):
+    if _SURROGATE.search(filename):
         raise BadRequest("The filename is not valid Unicode.")
     return filename
 
@@ -139,7 +142,7 @@ def check_content_type(content_type: str | None) -> str | None:
         return None
     if "\r" in content_type or "\n" in content_type:
         raise BadRequest("The content-type contains a line break.")
-    if not all(0x20 <= ord(char) < 0x7F for char in content_type):
+    if not (content_type.isascii() and content_type.isprintable()):  # U+0020 to U+007E
         raise BadRequest("The content-type must be printable ASCII.")
     if len(content_type) > MAX_CONTENT_TYPE_LENGTH:
         raise BadRequest(f"The content-type is longer than {MAX_CONTENT_TYPE_LENGTH} characters.")

@@ -80,12 +80,28 @@ async def test_prosody_keeps_one_and_serve_says_so(
     assert serve.running
 
 
-def test_processes_refused_with_the_local_backend(start_serve: Callable[..., ServeProcess], prosody: Prosody) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"s3": None},
+            "needs a backend without the built-in HTTP server (local files and S3 redirect downloads are served "
+            "from one process)",
+        ),
+        (
+            {"s3": {**DUMMY_S3, "downloads": "redirect"}},
+            "needs a backend without the built-in HTTP server (local files and S3 redirect downloads are served "
+            "from one process)",
+        ),
+        ({"daily_quota": 1000000}, "cannot keep per-user or global limits: each process would count only its own"),
+    ],
+    ids=["local", "redirect", "limits"],
+)
+def test_processes_refused_where_one_process_is_needed(
+    start_serve: Callable[..., ServeProcess], prosody: Prosody, change: dict[str, Any], message: str
+) -> None:
     document = config(prosody)
-    del document["http_upload"]["s3"]
+    document["http_upload"] = {k: v for k, v in {**document["http_upload"], **change}.items() if v is not None}
     serve = start_serve(document, args=("--processes", "2"))
     assert serve.wait(15) == 2
-    assert serve.stderr.strip().splitlines() == [
-        "slixmpp-http-upload: configuration error: --processes: needs a backend without the built-in "
-        "HTTP server (local serves from one process)"
-    ]
+    assert serve.stderr.strip().splitlines() == [f"slixmpp-http-upload: configuration error: --processes: {message}"]
