@@ -1,21 +1,32 @@
-"""Slot throughput end to end through a real Prosody: ours vs Prosody's own vs the path's ceiling.
+"""Slot throughput end to end through a real Prosody and a real ejabberd: ours vs the server's
+own upload service vs the path's ceiling.
 
-What it measures: K logged-in local users (one c2s connection each) keep D XEP-0363 slot
+What it measures, through each server of ``--servers`` in turn (default Prosody, then ejabberd):
+K logged-in local users (one c2s connection each) keep D XEP-0363 slot
 requests in flight each (a new request leaves as soon as an answer comes back) until N
 requests have been answered, against
 
 * ``ours``     — ``python -m slixmpp_http_upload serve -c CFG`` as an XEP-0114 component at
                  ``upload.localhost``, S3 backend on a dummy bucket URL (slots are presigned
                  offline: no S3 server is involved);
-* ``prosody``  — Prosody's own ``mod_http_file_share`` at ``share.localhost`` on the same server;
+* ``own``      — the server's own service at ``share.localhost``: Prosody's ``mod_http_file_share``,
+                 ejabberd's ``mod_http_upload`` (``--targets`` also takes ``prosody`` or
+                 ``ejabberd`` for it);
 * ``ceiling``  — ``bench/trivial_component.py`` at ``ceiling.localhost``: a raw-socket component
                  that answers every IQ with an empty result, i.e. what the path allows;
 * ``ceiling_slot`` — the same at ``ceiling-slot.localhost`` answering with a canned slot as long
                  as ours: what the path allows for any upload service, whose replies the
                  XMPP server must route.
 
+With ``--processes N`` (N > 1), through ejabberd only, also ``ours`` as ``serve --processes N``
+at ``upload-scaled.localhost`` (ejabberd balances the N connections; its CPU is the sum over the
+supervisor and its workers).
+
+Through ejabberd each component has an ``ejabberd_service`` listener of its own: ejabberd routes
+every name of a listener's ``hosts`` to each component that authenticates on it.
+
 For each it reports slots/s, p50/p90/p99 latency, and CPU per slot of the component process,
-of Prosody (from ``/proc/PID/stat``) and of the load client (its own ``time.process_time()``),
+of the XMPP server (from ``/proc/PID/stat``) and of the load client (its own ``time.process_time()``),
 measured run only, warm-up excluded, plus the ratios of ours to each. Any non-result reply fails the run.
 The load client (``bench/loadclient.py``) is raw asyncio sockets in its own process.
 
@@ -28,9 +39,10 @@ median-rate run among the unflagged ones (all runs if every one was flagged).
 Prosody does when two component processes connect with the same JID (default policy, and
 ``component_conflict_resolve = "kick_old"``), each on a Prosody of its own.
 
-Run (from the repository root; ~1 minute with the defaults, ~3 with ``--scaling --profile``)::
+Run (from the repository root; ~3 minutes with the defaults on a quiet machine)::
 
-    .venv/bin/python bench/throughput.py                      # ours, prosody, both ceilings
+    .venv/bin/python bench/throughput.py                      # ours, own, both ceilings; both servers
+    .venv/bin/python bench/throughput.py --servers ejabberd --processes 2   # + serve --processes 2
     .venv/bin/python bench/throughput.py --scaling            # + iqdisc modes, 2 components
     .venv/bin/python bench/throughput.py --users 8 --inflight 32 --requests 50000 --targets ours,ceiling
     .venv/bin/python bench/throughput.py --http-upload 'daily_quota = 1099511627776' \

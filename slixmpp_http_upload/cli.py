@@ -119,7 +119,7 @@ def command_serve(args: argparse.Namespace, config: Config) -> int:
     check_processes(config, args.processes)
     if args.processes > 1:
         configure_logging(args.verbose)
-        return supervise(config_path(args.config).resolve(), args.processes, args.verbose)
+        return supervise(config, config_path(args.config).resolve(), args.processes, args.verbose)
     return serve(config, verbose=args.verbose, standby=not args.worker)
 
 

@@ -13,7 +13,8 @@ The supervisor itself does no XMPP: it starts the workers (``python -m slixmpp_h
 --worker``, same configuration and verbosity), passes SIGINT/SIGTERM on to them and waits for all
 to end. A worker that fails for any other reason ends the whole service, so that whatever
 watches ``serve`` (systemd) sees it. The workers share the ledger file (SQLite, each writing its
-own slots). Refused with more than one process: anything that needs the built-in HTTP server
+own slots; the supervisor creates it first, as two processes switching a new file to WAL at the
+same moment fail with "database is locked"). Refused with more than one process: anything that needs the built-in HTTP server
 (the ``local`` backend, S3 ``downloads = "redirect"``: it listens in one process), a
 ``[metrics]`` port, and per-user or global limits (each process would count only its own slots).
 """
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from .accounting import quotas
+from .accounting import open_ledger, quotas
 from .backends import create_backend
 from .config import Config
 from .options import ConfigError
@@ -57,13 +58,14 @@ def check_processes(config: Config, processes: int) -> None:
         raise ConfigError("--processes", "cannot keep per-user or global limits: each process would count only its own")
 
 
-def supervise(config_file: Path, processes: int, verbose: bool) -> int:
+def supervise(config: Config, config_file: Path, processes: int, verbose: bool) -> int:
     """Run ``processes`` workers until SIGINT/SIGTERM or until one fails; the exit status is 0
     after a signal, else the failed worker's (1 if a signal killed it, or if the server turned
     every one away)."""
     argv = [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config_file), "--worker"]
     if verbose:
         argv.append("--verbose")
+    open_ledger(config.http_upload).close()  # made (WAL) before the workers open it all at once
     supervisor = Supervisor()
     previous = {signum: signal.signal(signum, supervisor.stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
