@@ -129,13 +129,17 @@ class StreamGuard:
         self._valid.add(text)
         return True
 
-    def _refuse(self, stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str) -> None:
+    def _refuse(
+        self, stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str
+    ) -> StanzaBase | None:
+        """Answer (an IQ get/set) or drop ``stanza``; None, what the filter returns for it."""
         xml = stanza.xml
         if request:
             log.debug("Refused an IQ from %.200r: %s", xml.get("from"), why)
             self.writer.send(replies.error(stanza, error_type, condition))
         else:
             log.warning("Dropped a <%s/> from %.200r: %s", xml.tag.rpartition('}')[2], xml.get("from"), why)
+        return None
 
     def outgoing(self, stanza: StanzaBase) -> StanzaBase | None:
         """The stanza, or None when it had to be written here (its ``id`` has a tab, LF or CR)."""

@@ -7,16 +7,18 @@ that was ~40 % of the component's CPU per slot (see ``bench/README.md``).
 
 :class:`ReplyWriter` writes a reply itself — a slot's text made from strings
 (:func:`~slixmpp_http_upload.replies.result_xml`), an error serialised once by ``tostring`` —
-with ``xmpp.send_raw`` — on ``serve``'s own streams all the replies made in one turn of the event
-loop in one write (a component answers a whole read of requests in one turn: one system call
-instead of one per reply, and fewer, fuller packets for the server to read) — but **only while nothing else watches outgoing stanzas**: no
-``out`` filter but the roster's (slixmpp's own, which looks at presence only), no ``out_sce``
-filter, and no ``out_sync`` filter but the guard's own. Otherwise
-(``xep_0198`` stream management in a client bot, which counts and keeps every stanza it sends;
-any other plugin's or the bot's own filter) every reply goes through ``xmpp.send`` as a stanza
-object, exactly as before. The check runs for each reply, so a filter added later is honoured
-from its first stanza on. Either way all replies of one stream take the same road while the
-filters stay the same, so their order is kept.
+with ``xmpp.send_raw``, but **only while nothing else watches outgoing stanzas**: no ``out``
+filter but the roster's (slixmpp's own, which looks at presence only), no ``out_sce`` filter,
+and no ``out_sync`` filter but the guard's own. Otherwise (``xep_0198`` stream management in a
+client bot, which counts and keeps every stanza it sends; any other plugin's or the bot's own
+filter) every reply goes through ``xmpp.send`` as a stanza object, exactly as before. The check
+runs for each reply, so a filter added later is honoured from its first stanza on. Either way
+all replies of one stream take the same road while the filters stay the same, so their order
+is kept.
+
+On ``serve``'s own streams (:attr:`ReplyWriter.coalesce`) the replies made in one turn of the
+event loop leave in one write: a component answers a whole read of requests in one turn, so
+that is one system call instead of one per reply, and fewer, fuller packets for the server.
 
 slixmpp has no public way to list the filters; the writer reads the table ``add_filter`` fills
 (``XMLStream.__filters``), and if a slixmpp release renames it, it sees no table and always

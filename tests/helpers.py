@@ -295,9 +295,8 @@ async def service_user(clients: XmppClients, server: XmppServer, user: str) -> C
 def request_slot(client: ClientXMPP, to: str, filename: str, size: int = 1000) -> Any:
     """Send an XEP-0363 (``:0``) slot request for ``filename`` to ``to``; the future of the answer."""
     iq = client.make_iq_get(ito=to)
-    ET.SubElement(
-        iq.xml, "{urn:xmpp:http:upload:0}request", filename=filename, size=str(size), **{"content-type": "image/jpeg"}
-    )
+    fields = {"filename": filename, "size": str(size), "content-type": "image/jpeg"}
+    ET.SubElement(iq.xml, "{urn:xmpp:http:upload:0}request", fields)
     return iq.send(timeout=15)
 
 
