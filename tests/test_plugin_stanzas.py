@@ -912,14 +912,18 @@ class TestIqDisc(UploadTest):
         self.assertEqual(self.sent_ids(2), ["slow", "fast"])
 
     def feed_counting(self, xml: str) -> int:
-        """Receive ``xml`` from a loop callback; return how many stanzas were queued for
-        sending by the time ``data_received`` returned."""
+        """Receive ``xml`` from a loop callback; return how many stanzas were queued or written
+        for sending by the time ``data_received`` returned (a reply takes either road, see
+        :mod:`slixmpp_http_upload.wire`)."""
         counted: list[int] = []
 
+        def outgoing() -> int:
+            return self.xmpp.waiting_queue.qsize() + self.xmpp.socket.send_queue.qsize()
+
         def feed() -> None:
-            before = self.xmpp.waiting_queue.qsize()
+            before = outgoing()
             self.xmpp.data_received(xml)
-            counted.append(self.xmpp.waiting_queue.qsize() - before)
+            counted.append(outgoing() - before)
 
         asyncio.get_event_loop().call_soon(feed)
         self.wait_()
