@@ -2,10 +2,14 @@
 survive restarts. A record whose file was deleted on expiry stays in the file, marked gone, for
 a day (the longest window of a limit); ``purge`` forgets at once.
 
-The records live in memory (what the stanza path reads, and all that the commands read: the
-file has no index but its key); a writer thread mirrors each change to the database (WAL
-journal) in batches of :data:`BATCH_SECONDS`, so no request waits for the disk; a batch that
-could not be written is tried again (:data:`RETRY_SECONDS`). :meth:`Ledger.flush` waits until
+The records live in memory (what the stanza path reads, and all that the commands read); in the
+file they are rows in the order written (``id``, never reused) with one index, on ``issued``, so
+that each new row lands at the end of both B-trees (a few µs, however long the table) and a
+record is found by ``(issued, key)``. Keys are unique (each holds a fresh random token): nothing
+in the file enforces it, as an index on the random key would cost a random B-tree write per slot.
+A writer thread mirrors each change to the database (WAL journal) in batches of
+:data:`BATCH_SECONDS`, so no request waits for the disk; a batch that could not be written is
+tried again (:data:`RETRY_SECONDS`). :meth:`Ledger.flush` waits until
 everything asked so far is written. Other processes (``sweep``, ``purge``) may open
 the same file at the same time; what one removes, another's memory still holds until it starts
 again.
@@ -43,7 +47,8 @@ the changes that came meanwhile; they stay in memory until then."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS slots (
-    key TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
     owner TEXT NOT NULL,
     domain TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -52,12 +57,13 @@ CREATE TABLE IF NOT EXISTS slots (
     issued REAL NOT NULL,
     expires REAL,
     gone INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+);
+CREATE INDEX IF NOT EXISTS slots_issued ON slots (issued);
 """
 _COLUMNS = "key, owner, domain, size, content_type, purpose, issued, expires"
-_INSERT = f"INSERT OR REPLACE INTO slots ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-_DELETE = "DELETE FROM slots WHERE key = ?"
-_GONE = "UPDATE slots SET gone = 1 WHERE key = ?"
+_INSERT = f"INSERT INTO slots ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM slots WHERE issued = ? AND key = ?"
+_GONE = "UPDATE slots SET gone = 1 WHERE issued = ? AND key = ?"
 _PRUNE = "DELETE FROM slots WHERE gone = 1 AND issued <= ?"
 
 
@@ -83,7 +89,11 @@ class Ledger:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._connection = _connect(self.path)
-        rows = self._connection.execute(f"SELECT {_COLUMNS}, gone FROM slots ORDER BY issued").fetchall()
+        rows = self._connection.execute(f"SELECT {_COLUMNS}, gone, id FROM slots ORDER BY issued").fetchall()
+        self.last_row = max((row[-1] for row in rows), default=0)
+        """The ``id`` of the newest row when the file was read: rows after it are not in memory
+        unless this process wrote them."""
+        rows = [row[:-1] for row in rows]
         self.records: dict[str, SlotRecord] = {row[0]: SlotRecord(*row[:-1]) for row in rows if not row[-1]}
         self.history = [SlotRecord(*row[:-1]) for row in rows if row[-1] and row[6] > time.time() - DAY]
         """The slots of the last day whose files are gone (what the limits' windows still count)."""
@@ -114,7 +124,7 @@ class Ledger:
         file keeps them a day as gone, for the limits' windows, unless ``forget``."""
         removed = [record for key in keys if (record := self.records.pop(key, None)) is not None]
         if removed:
-            self._send(("forget" if forget else "gone", [record.key for record in removed]))
+            self._send(("forget" if forget else "gone", [(record.issued, record.key) for record in removed]))
         return removed
 
     def expires(self, key: str) -> float | None:
@@ -223,10 +233,10 @@ class Ledger:
                     self._connection.executemany(_INSERT, added)  # in order: a removal may follow
                     added.clear()
                     if kind == "forget":
-                        self._connection.executemany(_DELETE, [(key,) for key in value])  # type: ignore[attr-defined]
+                        self._connection.executemany(_DELETE, value)  # type: ignore[arg-type]
                     elif kind == "gone":
-                        self._connection.executemany(_GONE, [(key,) for key in value])  # type: ignore[attr-defined]
-                if time.monotonic() >= self._next_prune:  # a scan of the whole table: once an hour
+                        self._connection.executemany(_GONE, value)  # type: ignore[arg-type]
+                if time.monotonic() >= self._next_prune:  # a range of the issued index: once an hour
                     self._connection.execute(_PRUNE, (time.time() - DAY,))
                     self._next_prune = time.monotonic() + PRUNE_SECONDS
                 self._connection.executemany(_INSERT, added)

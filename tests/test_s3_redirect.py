@@ -109,6 +109,11 @@ def test_served_files_the_file_decides(tmp_path: Path) -> None:
     other.close()
     assert served("/b/old/a.png") is None  # still in this process's memory, but purged
     assert served("/b/probe/a.txt") == "text/plain"
+    assert served("/b/t9/a.png") is None  # never recorded anywhere
+    other = Ledger(tmp_path / "ledger.sqlite")  # another process: purge again
+    other.remove(["/b/probe/a.txt"], forget=True)
+    other.close()
+    assert served("/b/probe/a.txt") is None
     ledger.remove(["/b/new/a.png"], forget=True)
     ledger.flush()
     ledger.records["/b/new/a.png"] = record("/b/new/a.png", 999.5, None, None)  # not written yet
