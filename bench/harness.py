@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -359,6 +359,30 @@ def find_py_spy(option: str) -> str | None:
     if option and option != "auto":
         return option
     return _find_binary("py-spy", extra_dirs=["/tmp/bench-tools/bin"])
+
+
+def py_spy_record(py_spy: str, pid: int, path: Path, action: Callable[[], object], *, rate: int, fmt: str = "raw") -> str | None:
+    """Sample ``pid`` with py-spy into ``path`` (format ``fmt``) while ``action`` runs; None when
+    the profile was written, else why not (py-spy's last words)."""
+    import signal
+
+    spy = subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking", "--format", fmt, "-o", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)  # let py-spy attach
+        action()
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+        try:
+            _, err = spy.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, err = spy.communicate()
+    return None if path.is_file() else f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"
 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:

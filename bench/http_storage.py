@@ -642,25 +642,9 @@ def profile_ours(store: Store, big_url: str, small: Path, big: Path, args: argpa
     for phase, action in work.items():
         path = Path(args.profile_dir) / f"http_storage_profile_{phase}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(store.pids()[0]), "--rate", "250", "--nonblocking"]
-            + ["--format", "raw", "-o", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            time.sleep(1.0)  # let py-spy attach
-            action()
-        finally:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
-            try:
-                _, err = spy.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                _, err = spy.communicate()
-        if not path.is_file():
-            profiles[phase] = {"skipped": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
+        failure = harness.py_spy_record(py_spy, store.pids()[0], path, action, rate=250)
+        if failure:
+            profiles[phase] = {"skipped": failure}
             continue
         profiles[phase] = {"file": str(path), **profile_summary.summarise(path.read_text(), top=12)}
         print(f"\nprofile of ours, {phase} ({path}):")

@@ -247,8 +247,6 @@ def variant_jid(iqdisc: str) -> str:
 def profile_component(client: LoadClientProcess, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     """Sample our component with py-spy during two more load runs, one per output: raw stacks
     (``profile.txt``, summarised) and a flame graph (``profile.svg``)."""
-    import subprocess
-
     import profile_summary
 
     py_spy = find_py_spy(args.py_spy)
@@ -256,25 +254,14 @@ def profile_component(client: LoadClientProcess, pid: int, args: argparse.Namesp
         return {"skipped": "py-spy not found (pip install py-spy)"}
     outputs = {"raw": Path(args.profile_dir) / "profile.txt", "flamegraph": Path(args.profile_dir) / "profile.svg"}
     outputs["raw"].parent.mkdir(parents=True, exist_ok=True)
+
+    def run() -> None:
+        client.run(OURS_JID, args.requests, args.inflight, args.timeout)
+
     for fmt, path in outputs.items():
-        spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--rate", "500", "--nonblocking", "--format", fmt, "-o", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            time.sleep(1.0)  # let py-spy attach
-            client.run(OURS_JID, args.requests, args.inflight, args.timeout)
-        finally:
-            spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
-            try:
-                _, err = spy.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                _, err = spy.communicate()
-        if not path.is_file():
-            return {"skipped": f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}"}
+        failure = harness.py_spy_record(py_spy, pid, path, run, rate=500, fmt=fmt)
+        if failure:
+            return {"skipped": failure}
     summary = profile_summary.summarise(outputs["raw"].read_text())
     return {"files": {k: str(v) for k, v in outputs.items()}, **summary}
 
