@@ -15,10 +15,11 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 DAY = 86400
 PRUNE_SECONDS = 3600
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class Usage(NamedTuple):
 
 @dataclass
 class _Window:
-    """Slots in a sliding window: (issued, size) oldest first, and their byte sum."""
+    """Slots in a sliding window: (issued, size) oldest first, and their byte sum (the rate
+    limit counts each slot as size 1)."""
 
     entries: deque[tuple[float, int]] = field(default_factory=deque)
     total: int = 0
@@ -151,7 +153,7 @@ class Quotas:
         self.rate_limit = rate_limit
         self.global_quota = global_quota
         self._daily: dict[tuple[str, str], _Window] = {}
-        self._rate: dict[str, deque[float]] = {}
+        self._rate: dict[str, _Window] = {}
         self._stored: dict[tuple[str, str], _Stored] = {}
         self._global = _Stored()
         self._next_prune = 0.0
@@ -181,7 +183,7 @@ class Quotas:
     def count(self, usage: Usage) -> None:
         """Count an admitted slot (also each slot of the ledger on start)."""
         if self.rate_limit is not None:
-            self._rate.setdefault(usage.owner, deque()).append(usage.issued)
+            self._rate.setdefault(usage.owner, _Window()).add(usage.issued, 1)
         if self.daily_quotas.get(usage.pool_daily) is not None:
             self._daily.setdefault((usage.owner, usage.pool_daily), _Window()).add(usage.issued, usage.size)
         if self.total_quotas.get(usage.pool_total) is not None:
@@ -196,14 +198,8 @@ class Quotas:
         user who asks): runs from :meth:`count` once every :data:`PRUNE_SECONDS`."""
         self._next_prune = now + PRUNE_SECONDS
         if (limit := self.rate_limit) is not None:
-            for owner, times in list(self._rate.items()):
-                _leave(times, now - limit.seconds)
-                if not times:
-                    del self._rate[owner]
-        for key, window in list(self._daily.items()):
-            window.advance(now - DAY)
-            if not window.entries:
-                del self._daily[key]
+            _prune_windows(self._rate, now - limit.seconds)
+        _prune_windows(self._daily, now - DAY)
         for key, stored in list(self._stored.items()):
             stored.advance(now)
             if not stored.total:
@@ -211,8 +207,8 @@ class Quotas:
 
     def uncount(self, usage: Usage) -> None:
         """Take back a counted slot that was not handed out after all (the backend failed)."""
-        if (times := self._rate.get(usage.owner)) is not None and usage.issued in times:
-            times.remove(usage.issued)
+        if (times := self._rate.get(usage.owner)) is not None:
+            times.discard(usage.issued, 1)
         if (window := self._daily.get((usage.owner, usage.pool_daily))) is not None:
             window.discard(usage.issued, usage.size)
         if (stored := self._stored.get((usage.owner, usage.pool_total))) is not None:
@@ -225,11 +221,11 @@ class Quotas:
         times = self._rate.get(usage.owner)
         if limit is None or times is None:
             return None
-        _leave(times, now - limit.seconds)
-        if len(times) < limit.slots:
+        times.advance(now - limit.seconds)
+        if times.total < limit.slots:
             return None
         # The oldest of the last ``slots`` slots must leave the window first.
-        retry = times[len(times) - limit.slots] + limit.seconds
+        retry = times.entries[times.total - limit.slots][0] + limit.seconds
         return OverLimit(
             "rate-limit",
             f"Rate limit reached: at most {limit.slots} files in {_duration(limit.seconds)}.",
@@ -284,10 +280,12 @@ class Quotas:
         return OverLimit("global-quota", f"The service's storage is full ({quota} bytes).", _whole(retry))
 
 
-def _leave(times: deque[float], start: float) -> None:
-    """Forget the slots issued at or before ``start``."""
-    while times and times[0] <= start:
-        times.popleft()
+def _prune_windows(windows: dict[_K, _Window], start: float) -> None:
+    """Forget what was issued at or before ``start`` in every window, and the empty windows."""
+    for key, window in list(windows.items()):
+        window.advance(start)
+        if not window.entries:
+            del windows[key]
 
 
 def _whole(moment: float | None) -> datetime | None:

@@ -28,6 +28,19 @@ def test_users_who_never_come_back_are_forgotten() -> None:
     assert quotas.check(usage("alice@localhost", T0 + DAY + PRUNE_SECONDS, size=990)) is None
 
 
+def test_the_rate_window_names_the_slot_that_must_leave_it_and_forgets_a_slot_taken_back() -> None:
+    quotas = Quotas(daily_quotas={"": None}, total_quotas={"": None}, rate_limit=RateLimit(2, 60))
+    for issued in (T0, T0 + 10, T0 + 15):  # three, as after a restart with a lower limit
+        quotas.count(usage("alice@localhost", issued))
+    refusal = quotas.check(usage("alice@localhost", T0 + 20))
+    assert refusal is not None and refusal.retry is not None
+    assert refusal.retry.timestamp() == T0 + 10 + 60  # the oldest of the last two must leave
+    assert quotas.check(usage("alice@localhost", T0 + 70)) is None  # at or before start: left
+    quotas.uncount(usage("alice@localhost", T0 + 10))
+    quotas.uncount(usage("alice@localhost", T0 + 15))
+    assert quotas.check(usage("alice@localhost", T0 + 20)) is None  # one slot in the window now
+
+
 @given(
     st.lists(st.tuples(st.integers(0, 50), st.integers(1, 20)), max_size=40),
     st.lists(st.integers(1, 20), max_size=5),
