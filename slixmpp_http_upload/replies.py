@@ -5,8 +5,9 @@ slixmpp's ``Iq.reply()`` deep-copies the whole request, payload and all, only to
 as JIDs (a malformed one raises ``InvalidJID``). An error path built on it can raise the very
 exception it is handling. :func:`result` and :func:`error` read the three attributes as strings
 and make a new, empty ``<iq/>``: nothing a peer sends can make them raise, and they cost less.
-Send them with ``xmpp.send(reply)``: ``Iq.send()`` reads ``to`` as a JID again, and sets up a
-response matcher and a future even for a result.
+Send them through :class:`~slixmpp_http_upload.wire.ReplyWriter` (or ``xmpp.send(reply)``), not
+``Iq.send()``, which reads ``to`` as a JID again and sets up a response matcher and a future
+even for a result.
 
 :func:`result_xml` writes a result as text, byte for byte what slixmpp's ``tostring`` makes of
 :func:`result` with the payload appended (save tab, LF and CR in attributes, which it writes as
@@ -63,7 +64,7 @@ def escape_attribute(value: str) -> str:
     as character references."""
     if value.isalnum():
         return value
-    return escape_text(value).replace("\t", "&#9;").replace("\n", "&#10;").replace("\r", "&#13;")
+    return escape_text(value).translate(CHARACTER_REFERENCES)
 
 
 def escape_text(value: str) -> str:
