@@ -151,6 +151,7 @@ class StreamGuard:
         self.xmpp.send_raw(written_form(stanza, self.xmpp))
         return None
 
+
 def _deeper_than(element: ET.Element, limit: int) -> bool:
     """Whether ``element`` nests more than ``limit`` levels (itself being the first); walks
     iteratively, and not at all when it holds fewer elements than ``limit``."""
