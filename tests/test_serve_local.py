@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from helpers import DOMAIN, awk_field, run_cli, write_toml
+from helpers import DOMAIN, awk_field, run_cli, unconnected_component, write_toml
 from servers import free_ports
 from slixmpp_http_upload import cli
 from slixmpp_http_upload.filestore import TEMPORARY
@@ -26,7 +26,7 @@ from slixmpp_http_upload.filestore import TEMPORARY
 
 def local_config(xmpp_port: int, http_port: int, **tables: Any) -> dict[str, Any]:
     return {
-        "component": {"server": "127.0.0.1", "port": xmpp_port, "secret": "s3cr3t", "domains": [DOMAIN]},
+        "component": unconnected_component(xmpp_port),
         "http_upload": {"expiration_time": 600, "max_file_size": 100_000_000},
         "http": {"port": http_port},
         **tables,
