@@ -194,8 +194,7 @@ def run_check(
 
     def delete() -> str:
         if isinstance(backend, LocalBackend):
-            token = urlsplit(slot.get_url).path.split("/")[-2]
-            backend.store.delete(token)
+            backend.store.delete(slot.key)
             return f"removed from {backend.store.root}"
         url = backend.presigned_url("DELETE", urlsplit(object_url).path, {"host": backend.bucket.host})
         return f"HTTP {http('DELETE', url).status}"
