@@ -38,7 +38,12 @@ class Backend(Protocol):
     delete the objects named by ``keys`` (each a :attr:`Slot.key <slixmpp_http_upload.slot.Slot.key>`
     it made, or the GET URL when it set none) and return those that are gone, absent ones
     included. Expiry (``expire_after``, ``ephemeral``) and ``purge`` need it; without it ``serve``
-    refuses to start when files expire and ``purge`` says it cannot delete."""
+    refuses to start when files expire and ``purge`` says it cannot delete.
+
+    And it may have ``def slot_now(self, request: SlotRequest) -> Slot | None``: the slot made
+    without waiting, or None when it has to wait first (for credentials, say). The plugin then
+    answers in the call that read the request, without a task switch; it awaits
+    ``create_slot`` when there is no ``slot_now`` or it returns None. Both make the same slots."""
 
     async def create_slot(self, request: SlotRequest) -> Slot: ...
 

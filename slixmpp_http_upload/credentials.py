@@ -36,6 +36,9 @@ class CredentialsProvider(Protocol):
     def resolve(self) -> Credentials:
         """The same, blocking the caller while it fetches (for the one-shot commands)."""
 
+    def ready(self) -> Credentials | None:
+        """The keys to sign with now if that needs no fetch, else None (then await :meth:`current`)."""
+
 
 class StaticCredentials:
     """Keys that never change."""
@@ -47,6 +50,9 @@ class StaticCredentials:
         return self.credentials
 
     def resolve(self) -> Credentials:
+        return self.credentials
+
+    def ready(self) -> Credentials:
         return self.credentials
 
 
@@ -76,8 +82,8 @@ class AwsChainCredentials:
         self._failure: CredentialsUnavailable | None = None
 
     async def current(self) -> Credentials:
-        if self._current is not None and not self._refresh_due():
-            return self._current
+        if (credentials := self.ready()) is not None:
+            return credentials
         async with self._lock:
             if self._current is not None and not self._refresh_due():
                 return self._current
@@ -92,6 +98,9 @@ class AwsChainCredentials:
             if self._botocore_wants():  # it could not replace them and goes on with the old ones
                 self._next_try = time.monotonic() + RETRY_SECONDS
             return fresh
+
+    def ready(self) -> Credentials | None:
+        return self._current if self._current is not None and not self._refresh_due() else None
 
     def _refresh_due(self) -> bool:
         """Whether to ask botocore for the keys now: it wants to replace them, and the last try

@@ -14,6 +14,11 @@ task kinds at most ``queue_size`` running ones; :meth:`submit` returns False bey
 
 A job that raises (a bug: jobs handle their own errors) is logged once and its ``on_failure``
 called, which answers the request if it can; the worker goes on with the next job.
+
+:meth:`Dispatcher.idle` says whether a request of a requester may be answered right away, in
+the call that read it, without breaking the order of the mode: nothing of theirs is queued or
+running (``one_queue``: nothing at all). The plugin answers so when it has nothing to await
+(no policy hook, the backend ready), sparing a queue, a task switch and the coroutines.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class Dispatcher(Protocol):
     def close(self) -> None:
         """Cancel what is queued or running."""
 
+    def idle(self, key: str) -> bool:
+        """Whether a request of ``key`` answered now would leave in the mode's order."""
+
 
 def make_dispatcher(iqdisc: IqDisc, limit: int) -> Dispatcher:
     if iqdisc.type == "no_queue":
@@ -75,6 +83,9 @@ class TaskDispatcher:
         for task in self.tasks:
             task.cancel()
 
+    def idle(self, key: str) -> bool:
+        return True  # no order to keep
+
 
 class QueueDispatcher:
     """``workers`` FIFO queues, each with one worker task; a key always maps to the same one."""
@@ -84,6 +95,8 @@ class QueueDispatcher:
         self.queues: list[asyncio.Queue[tuple[Job, OnFailure | None]]] = []
         self.workers: list[asyncio.Task[None]] = []
         self.count = workers
+        self.unfinished = [0] * workers
+        """Jobs submitted to each queue and not finished yet."""
 
     def queue_index(self, key: str) -> int:
         """Which queue ``key`` (a requester's bare JID) always goes to."""
@@ -92,23 +105,35 @@ class QueueDispatcher:
     def submit(self, key: str, job: Job, on_failure: OnFailure | None = None) -> bool:
         if not self.queues:  # started on first use, inside the running loop
             self.queues = [asyncio.Queue(self.limit) for _ in range(self.count)]
-            self.workers = [asyncio.ensure_future(self._work(queue)) for queue in self.queues]
-        queue = self.queues[self.queue_index(key)]
+            self.unfinished = [0] * self.count
+            self.workers = [
+                asyncio.ensure_future(self._work(queue, self.unfinished, index)) for index, queue in enumerate(self.queues)
+            ]
+        index = self.queue_index(key)
         try:
-            queue.put_nowait((job, on_failure))
+            self.queues[index].put_nowait((job, on_failure))
         except asyncio.QueueFull:
             return False
+        self.unfinished[index] += 1
         return True
 
     @staticmethod
-    async def _work(queue: asyncio.Queue[tuple[Job, OnFailure | None]]) -> None:
+    async def _work(queue: asyncio.Queue[tuple[Job, OnFailure | None]], unfinished: list[int], index: int) -> None:
         while True:
-            await run_job(*await queue.get())
+            job = await queue.get()
+            try:
+                await run_job(*job)
+            finally:
+                unfinished[index] -= 1
 
     def close(self) -> None:
         for worker in self.workers:
             worker.cancel()
         self.queues, self.workers = [], []
+        self.unfinished = [0] * self.count  # the cancelled workers count down the old list
+
+    def idle(self, key: str) -> bool:
+        return not self.unfinished[self.queue_index(key)]
 
 
 async def run_job(job: Job, on_failure: OnFailure | None) -> None:

@@ -37,7 +37,6 @@ payloads beside it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from itertools import islice
 from xml.etree import ElementTree as ET
 
@@ -74,11 +73,9 @@ class StreamGuard:
         self.served = payloads | DISCO_QUERIES
         self.iq_tag = f"{{{xmpp.default_ns}}}iq"
         self._valid: set[str] = set()
+        self.requests = payloads
         self.writer = ReplyWriter(xmpp, self.outgoing)
         """How this stream's replies are sent (the plugin's too)."""
-        self.take: Callable[[StanzaBase], bool] | None = None
-        """On a stream that is the plugin's own (``serve``'s): handles a well-formed request for
-        the service here and says so, sparing slixmpp the matching of every handler against it."""
 
     def install(self) -> None:
         self.xmpp.add_filter("in", self.incoming)
@@ -106,14 +103,28 @@ class StreamGuard:
                 return self._refuse(stanza, request, "modify", "bad-request", "too large")
             if payload.tag in DISCO_QUERIES and xml.get("type") == "set":
                 return self._refuse(stanza, request, "cancel", "feature-not-implemented", "a disco set")
-            if self.take is not None and self.take(stanza):
-                return None
             return stanza
         if request and any(child.tag in self.served for child in xml):
             return self._refuse(stanza, request, "modify", "bad-request", "more than one payload")
         if _deeper_than(xml, MAX_DEPTH):
             return self._refuse(stanza, request, "modify", "bad-request", "nested too deep")
         return stanza
+
+    def plain_request(self, xml: ET.Element) -> bool:
+        """Whether ``xml``, as read, is the usual slot request: an IQ get whose one payload is a
+        served ``<request/>`` of at most :data:`MAX_ELEMENTS` elements, to the service's JID as it
+        is written, from a valid JID. Nothing in it for the filter to refuse, nor for any
+        handler but the plugin's: ``serve``'s streams hand such an element to the plugin before
+        slixmpp builds a stanza object of it (everything else takes slixmpp's road)."""
+        return (
+            xml.tag == self.iq_tag
+            and xml.get("type") == "get"
+            and len(xml) == 1
+            and xml[0].tag in self.requests
+            and xml.get("to") == self.xmpp.boundjid.full
+            and self._is_jid(xml.get("from"))
+            and (not len(xml[0]) or len(list(islice(xml.iter(), MAX_ELEMENTS + 1))) <= MAX_ELEMENTS)
+        )
 
     def _is_jid(self, text: str | None) -> bool:
         """Whether ``text`` is absent or a valid JID; the valid ones are remembered (up to

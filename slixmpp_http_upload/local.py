@@ -137,6 +137,9 @@ class LocalBackend:
     async def create_slot(self, request: SlotRequest) -> Slot:
         return self.make_slot(request)
 
+    def slot_now(self, request: SlotRequest) -> Slot:
+        return self.make_slot(request)
+
     def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
         """A fresh token's GET URL and the PUT URL signed for ``request``."""
         token = secrets.token_hex(self.token_bytes)

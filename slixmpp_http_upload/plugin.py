@@ -28,6 +28,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
@@ -39,6 +40,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
 from . import replies
+from .replies import Received, Request
 from .access import AccessRules, Policy, TryLater
 from .accounting import Accounting, open_ledger
 from .backends import Backend, create_backend
@@ -46,12 +48,12 @@ from .config import UploadSettings, parse_upload_settings
 from .dispatch import being_cancelled, make_dispatcher
 from .domains import normalise_domain, same_jid
 from .guard import StreamGuard
-from .limits import OverLimit
+from .limits import OverLimit, Usage
 from .metrics import SlotMetrics
 from .options import ConfigError
 from .pending import PendingRequests
 from .purposes import PurposeNotServed, choose
-from .slot import BadRequest, FileTooLarge, SlotRequest, SlotsUnavailable, make_request
+from .slot import BadRequest, FileTooLarge, Slot, SlotRequest, SlotsUnavailable, make_request
 from .stanza import CURRENT, LEGACY, Dialect
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class HttpUploadServer(BasePlugin):
         self.settings = self._settings()
         self.backend = self.config.get("backend_instance") or create_backend(self.settings, path=self.name)
         self.policy: Policy | None = self.config.get("policy")
+        self.slot_now: Callable[[SlotRequest], Slot | None] | None = getattr(self.backend, "slot_now", None)
         self.own_accounting = "accounting" not in self.config
         self.accounting: Accounting = self.config.get("accounting") or Accounting(
             self.settings, open_ledger(self.settings, self.name)
@@ -109,9 +112,7 @@ class HttpUploadServer(BasePlugin):
         self.xmpp.register_handler(Callback(HANDLER_NAME, self.matcher, self._on_request))  # type: ignore[arg-type]
         self.guard = StreamGuard(self.xmpp, frozenset(self.dialects))
         self.writer = self.guard.writer
-        if self.config.get("own_stream"):
-            self.guard.take = self._take
-            self.writer.coalesce = True
+        self.writer.coalesce = bool(self.config.get("own_stream"))
         self.guard.install()
         self.advertised_jid: JID | None = None
         self._advertise()
@@ -196,33 +197,41 @@ class HttpUploadServer(BasePlugin):
             disco.del_feature(feature=feature, jid=jid)
         self.xmpp.plugin["xep_0128"].del_extended_info(jid=jid)
 
-    def _take(self, stanza: Any) -> bool:
-        """The guard's shortcut on a stream of our own: a slot request is handled right away."""
-        if not self.matcher.match(stanza):
+    def take_element(self, xml: ET.Element) -> bool:
+        """Handle a request straight from the element read, if it is a plain one
+        (:meth:`StreamGuard.plain_request <slixmpp_http_upload.guard.StreamGuard.plain_request>`),
+        and say so. ``serve``'s streams call this for each stanza before slixmpp builds a stanza
+        object of it; only where ``own_stream`` holds (nothing else wants to see the request)."""
+        if not self.guard.plain_request(xml):
             return False
-        self._on_request(stanza)
+        self._handle(Received(self.xmpp, xml), self.dialects[xml[0].tag], xml[0])
         return True
 
     def _on_request(self, iq: Iq) -> None:
-        """Check a request inline, in stanza order, and schedule the slot; never raises."""
-        try:
-            self._check_and_schedule(iq)
-        except Exception:
-            log.exception("Unexpected failure on a slot request from %.200s", iq.xml.get("from"))
-            self._refuse(iq, "internal", "wait", "internal-server-error")
-
-    def _check_and_schedule(self, iq: Iq) -> None:
-        xml = iq.xml  # read raw: ``iq["type"]`` and the like cost a lookup each
+        """The handler of requests on slixmpp's road (a bot's stream, anything but a plain
+        request): check the IQ's type, then go on as :meth:`take_element` does."""
+        xml = iq.xml
         kind = xml.get("type", "")
         if kind in ("result", "error"):
             return
         element = next(child for child in xml if child.tag in self.dialects)
-        dialect = self.dialects[element.tag]
         if not kind:  # RFC 6120 8.2.3: the type is required
             return self._refuse(iq, "bad-request", "modify", "bad-request", "An IQ needs a type.")
         if kind != "get":
             return self._refuse(iq, "not-allowed", "cancel", "not-allowed", "Slot requests are IQ get.")
-        requester = JID(xml.get("from", ""))
+        self._handle(iq, self.dialects[element.tag], element)
+
+    def _handle(self, iq: Request, dialect: Dialect, element: ET.Element) -> None:
+        """Check an IQ get's request inline, in stanza order, and answer or schedule the slot;
+        never raises."""
+        try:
+            self._check_and_schedule(iq, dialect, element)
+        except Exception:
+            log.exception("Unexpected failure on a slot request from %.200s", iq.xml.get("from"))
+            self._refuse(iq, "internal", "wait", "internal-server-error")
+
+    def _check_and_schedule(self, iq: Request, dialect: Dialect, element: ET.Element) -> None:
+        requester = JID(iq.xml.get("from", ""))
         if not self.rules.permits(requester):
             return self._refuse(iq, "forbidden", "auth", "forbidden", "This service is not for your domain.")
         raw = dialect.read_request(element)
@@ -253,47 +262,89 @@ class HttpUploadServer(BasePlugin):
             )
         if self.pending.closing:
             return self._refuse(iq, "shutdown", "wait", "service-unavailable", SHUTTING_DOWN)
+        if self.slot_now is not None and self.policy is None and self.dispatcher.idle(requester.bare):
+            if self._answer_now(iq, dialect, request):
+                return
         job = functools.partial(self._answer, iq, dialect, request)
         on_failure = functools.partial(self._refuse, iq, "internal", "wait", "internal-server-error")
         if not self.pending.submit(self.dispatcher, requester.bare, iq, job, on_failure):
             self._refuse(iq, "queue-full", "wait", "resource-constraint", "Too many slot requests; try again later.")
 
-    async def _answer(self, iq: Iq, dialect: Dialect, request: SlotRequest) -> None:
+    def _answer_now(self, iq: Request, dialect: Dialect, request: SlotRequest) -> bool:
+        """Answer without awaiting anything (no policy hook; the backend's ``slot_now``); False
+        when the backend has to wait first, and the request must be scheduled."""
+        started = time.perf_counter()
+        usage = self._admit(iq, dialect, request)
+        if usage is None:
+            return True
+        try:
+            slot = self.slot_now(request)  # type: ignore[misc]
+        except Exception as error:
+            self.accounting.withdraw(usage)
+            self._failed(iq, request, error)
+            return True
+        if slot is None:
+            self.accounting.withdraw(usage)
+            return False
+        self._deliver(iq, dialect, request, usage, slot, started)
+        return True
+
+    async def _answer(self, iq: Request, dialect: Dialect, request: SlotRequest) -> None:
         """Ask the policy hook, the limits and the backend, then send the slot and record it;
         raises only when its own task is cancelled."""
         started = time.perf_counter()
         try:
-            verdict = await self.policy(iq["from"], request) if self.policy else None
+            verdict = await self.policy(request.requester, request) if self.policy else None  # type: ignore[arg-type]
             if isinstance(verdict, TryLater):
                 retry = dialect.retry_element(verdict.retry) if verdict.retry else None
                 return self._refuse(iq, "policy", "wait", "resource-constraint", verdict.reason, retry)
             if verdict:
                 return self._refuse(iq, "policy", "auth", "forbidden", verdict)
-            usage = self.accounting.admit(request)
-            if isinstance(usage, OverLimit):
-                retry = dialect.retry_element(usage.retry) if usage.retry else None
-                return self._refuse(iq, usage.reason, "wait", "resource-constraint", usage.text, retry)
+            usage = self._admit(iq, dialect, request)
+            if usage is None:
+                return
             try:
                 slot = await self.backend.create_slot(request)
-                payload = dialect.slot_xml(slot)
             except BaseException:
                 self.accounting.withdraw(usage)
                 raise
-            self.accounting.record(usage, request, slot)
         except (Exception, asyncio.CancelledError) as error:
             if being_cancelled():  # our own task is stopping: let it
                 raise
-            backend = type(self.backend).__name__
-            known = isinstance(error, SlotsUnavailable)  # its reason is the whole story: no traceback
-            log.error("Could not make a slot for %s (%s): %s", request.requester, backend, error, exc_info=not known)
-            return self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
+            return self._failed(iq, request, error)
+        self._deliver(iq, dialect, request, usage, slot, started)
+
+    def _admit(self, iq: Request, dialect: Dialect, request: SlotRequest) -> Usage | None:
+        """The request counted against the limits, or None when it was refused for them."""
+        usage = self.accounting.admit(request)
+        if isinstance(usage, OverLimit):
+            retry = dialect.retry_element(usage.retry) if usage.retry else None
+            self._refuse(iq, usage.reason, "wait", "resource-constraint", usage.text, retry)
+            return None
+        return usage
+
+    def _deliver(self, iq: Request, dialect: Dialect, request: SlotRequest, usage: Usage, slot: Slot, started: float) -> None:
+        """Send ``slot`` and record it (or refuse, if the dialect cannot carry it)."""
+        try:
+            payload = dialect.slot_xml(slot)
+        except Exception as error:
+            self.accounting.withdraw(usage)
+            return self._failed(iq, request, error)
+        self.accounting.record(usage, request, slot)
         self.metrics.slot_created(time.perf_counter() - started)
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
         self.writer.send_result(iq, payload)
 
+    def _failed(self, iq: Request, request: SlotRequest, error: BaseException) -> None:
+        """The backend could not make a slot (or the dialect carry it): log, and refuse."""
+        backend = type(self.backend).__name__
+        known = isinstance(error, SlotsUnavailable)  # its reason is the whole story: no traceback
+        log.error("Could not make a slot for %s (%s): %s", request.requester, backend, error, exc_info=not known)
+        self._refuse(iq, "backend", "wait", "internal-server-error", "Could not make a slot now.")
+
     def _refuse(
         self,
-        iq: Iq,
+        iq: Request,
         reason: str,
         error_type: str,
         condition: str,

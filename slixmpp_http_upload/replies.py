@@ -20,22 +20,40 @@ attributes instead of ``copy.copy(self)`` followed by ``clear()``), and
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple, Protocol
 from xml.etree import ElementTree as ET
 
 from slixmpp.stanza import Iq
-from slixmpp.xmlstream import StanzaBase
+
+class Request(Protocol):
+    """What a reply is made from: the request's element and the stream it came on (a slixmpp
+    stanza object has both, and so has :class:`Received`)."""
+
+    @property
+    def stream(self) -> Any: ...
+
+    @property
+    def xml(self) -> ET.Element: ...
+
+
+class Received(NamedTuple):
+    """A request as read from the stream, before (or instead of) slixmpp's stanza object."""
+
+    stream: Any
+    xml: ET.Element
+
 
 CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 """What a parser would read as a space in an attribute value, as character references."""
 
 
-def result(request: StanzaBase) -> Iq:
+def result(request: Request) -> Iq:
     """An empty ``result`` to ``request``, addressed back to its sender."""
     return _reply(request, "result")
 
 
 def error(
-    request: StanzaBase,
+    request: Request,
     error_type: str,
     condition: str,
     text: str | None = None,
@@ -53,10 +71,10 @@ def error(
     return reply
 
 
-def result_xml(request: StanzaBase, payload: str) -> str:
+def result_xml(request: Request, payload: str) -> str:
     """The text of :func:`result` to ``request`` carrying ``payload`` (the XML text of one element)."""
-    head = [f' {name}="{escape_attribute(value)}"' for name, value in _attributes(request, "result").items()]
-    return f"<iq{''.join(head)}>{payload}</iq>"
+    head = "".join([f' {name}="{escape_attribute(value)}"' for name, value in _attributes(request, "result").items()])
+    return f"<iq{head}>{payload}</iq>"
 
 
 def escape_attribute(value: str) -> str:
@@ -64,7 +82,8 @@ def escape_attribute(value: str) -> str:
     as character references."""
     if value.isalnum():
         return value
-    return escape_text(value).translate(CHARACTER_REFERENCES)
+    escaped = escape_text(value)
+    return escaped if escaped.isprintable() else escaped.translate(CHARACTER_REFERENCES)
 
 
 def escape_text(value: str) -> str:
@@ -78,7 +97,7 @@ def escape_text(value: str) -> str:
     )
 
 
-def _attributes(request: StanzaBase, kind: str) -> dict[str, str]:
+def _attributes(request: Request, kind: str) -> dict[str, str]:
     """The reply's attributes, in the order they are written: ``type``, ``id``, ``from``, ``to``."""
     stream = request.stream
     received = request.xml
@@ -92,5 +111,6 @@ def _attributes(request: StanzaBase, kind: str) -> dict[str, str]:
     return attributes
 
 
-def _reply(request: StanzaBase, kind: str) -> Iq:
-    return Iq(request.stream, xml=ET.Element(f"{{{request.namespace}}}iq", _attributes(request, kind)), recv=True)
+def _reply(request: Request, kind: str) -> Iq:
+    stream = request.stream
+    return Iq(stream, xml=ET.Element(f"{{{stream.default_ns}}}iq", _attributes(request, kind)), recv=True)

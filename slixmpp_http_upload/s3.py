@@ -170,6 +170,14 @@ class S3Backend:
         self.sign_with(await self.credentials.current())
         return self.make_slot(request)
 
+    def slot_now(self, request: SlotRequest) -> Slot | None:
+        """The slot, if the current keys need no fetch first (else None: await :meth:`create_slot`)."""
+        credentials = self.credentials.ready()
+        if credentials is None:
+            return None
+        self.sign_with(credentials)
+        return self.make_slot(request)
+
     def sign_with(self, credentials: Credentials) -> None:
         """Sign with ``credentials`` from now on: a new :class:`Presigner` only when they changed
         (a provider returns the same object while they do not)."""

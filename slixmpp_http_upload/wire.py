@@ -79,7 +79,7 @@ class ReplyWriter:
         else:
             self.xmpp.send(reply)
 
-    def send_result(self, request: StanzaBase, payload: str) -> None:
+    def send_result(self, request: replies.Request, payload: str) -> None:
         """Send a ``result`` to ``request`` carrying ``payload``, the XML text of one element
         (in its namespace, with ``xmlns``, as ``tostring`` writes it)."""
         if self.direct():
