@@ -87,12 +87,28 @@ def signing_key(secret_access_key: str, day: str, region: str, service: str) -> 
     return key
 
 
-def signature(keyed: hmac.HMAC, to_sign: str) -> str:
-    """Hex HMAC-SHA256 of ``to_sign``; ``keyed`` is an HMAC already keyed with the signing key
-    (copied, so the key's setup is paid once a day)."""
-    mac = keyed.copy()
-    mac.update(to_sign.encode())
-    return mac.hexdigest()
+class SigningKey:
+    """HMAC-SHA256 (RFC 2104) under one key, its two padded key blocks hashed once: a signature
+    is then two copies of a SHA-256 state and two short updates, about half of what copying a
+    keyed ``hmac.HMAC`` costs (and a third of ``hmac.digest``, which sets OpenSSL's HMAC up
+    each time). The key is the day's signing key, so this setup runs once a day."""
+
+    def __init__(self, key: bytes) -> None:
+        block = key.ljust(hashlib.sha256().block_size, b"\0")  # SHA-256 keys are shorter than a block
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
+
+    def hexdigest(self, message: bytes) -> str:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
+
+
+def signature(key: SigningKey, to_sign: str) -> str:
+    """Hex HMAC-SHA256 of ``to_sign`` with the signing key."""
+    return key.hexdigest(to_sign.encode())
 
 
 class Presigner:
@@ -109,7 +125,7 @@ class Presigner:
         self.service = service
         self._second = -1
         self._date = self._scope = ""
-        self._keyed = hmac.new(b"", digestmod=hashlib.sha256)
+        self._key = SigningKey(b"")
         self._queries: dict[tuple[str, int, tuple[tuple[str, str], ...]], str] = {}
 
     def presign(
@@ -133,7 +149,7 @@ class Presigner:
         self._set_time(int(time.time() if now is None else now))
         query = self._query(signed_headers, expires, extra_params)
         request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
-        return f"{query}&X-Amz-Signature={signature(self._keyed, string_to_sign(self._date, self._scope, request))}"
+        return f"{query}&X-Amz-Signature={signature(self._key, string_to_sign(self._date, self._scope, request))}"
 
     def _set_time(self, second: int) -> None:
         if second == self._second:
@@ -142,8 +158,7 @@ class Presigner:
         if date[:8] != self._date[:8]:
             day = date[:8]
             self._scope = credential_scope(day, self.region, self.service)
-            key = signing_key(self.credentials.secret_access_key, day, self.region, self.service)
-            self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+            self._key = SigningKey(signing_key(self.credentials.secret_access_key, day, self.region, self.service))
         self._second, self._date = second, date
         self._queries.clear()
 
@@ -210,9 +225,8 @@ def authorization_headers(
         method, canonical_uri, canonical_query_string(params), header_block, signed_headers, payload_hash
     )
     key = signing_key(credentials.secret_access_key, date[:8], region, service)
-    mac = hmac.new(key, digestmod=hashlib.sha256)
     signed["Authorization"] = (
         f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, SignedHeaders={signed_headers}, "
-        f"Signature={signature(mac, string_to_sign(date, scope, request))}"
+        f"Signature={signature(SigningKey(key), string_to_sign(date, scope, request))}"
     )
     return signed

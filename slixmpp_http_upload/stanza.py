@@ -17,6 +17,7 @@ stanza classes on ``Iq``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timezone
 from xml.etree import ElementTree as ET
 
@@ -31,8 +32,7 @@ FIELDS = ("filename", "size", "content-type")
 _PURPOSE_PREFIX = f"{{{NS_PURPOSE}}}"
 
 
-@dataclass(frozen=True)
-class RawRequest:
+class RawRequest(NamedTuple):
     """The request's fields as sent, not yet checked (None where absent)."""
 
     filename: str | None

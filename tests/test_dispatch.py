@@ -183,6 +183,65 @@ async def test_queue_close_cancels_running_and_drops_queued() -> None:
     await settle()
 
 
+async def test_a_queue_is_idle_only_with_nothing_queued_or_running_for_it() -> None:
+    first, other = "alice@localhost", key_on_another_queue("alice@localhost", 2)
+    dispatcher = QueueDispatcher(2, 10)
+    rec = Recorder()
+    assert dispatcher.idle(first) and dispatcher.idle(other)  # before any worker exists
+    dispatcher.submit(first, rec.gate("running"))
+    dispatcher.submit(first, rec.gate("queued"))
+    assert not dispatcher.idle(first) and dispatcher.idle(other)
+    await settle()
+    rec.open("running")
+    await settle()
+    assert rec.ends() == ["running"] and not dispatcher.idle(first)  # "queued" is running now
+    rec.open("queued")
+    await settle()
+    assert dispatcher.idle(first)
+    dispatcher.submit(first, rec.job("quick", 0))
+    await settle()
+    assert dispatcher.idle(first)
+    dispatcher.close()
+
+
+async def test_a_closed_queue_is_idle_and_its_cancelled_worker_counts_nothing() -> None:
+    dispatcher = QueueDispatcher(1, 10)
+    rec = Recorder()
+    dispatcher.submit("k", rec.gate("running"))
+    await settle()
+    dispatcher.close()
+    assert dispatcher.idle("k")
+    await settle()  # the cancelled worker's count goes to the old list, not the new one
+    assert dispatcher.idle("k") and dispatcher.unfinished == [0]
+    dispatcher.submit("k", rec.gate("next"))
+    assert not dispatcher.idle("k")
+    dispatcher.close()
+    await settle()
+
+
+async def test_a_job_that_raises_still_leaves_its_queue_idle(caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher = QueueDispatcher(1, 10)
+
+    async def fails() -> None:
+        raise RuntimeError("a bug")
+
+    dispatcher.submit("k", fails)
+    await settle()
+    assert dispatcher.idle("k")
+    assert "A slot request's job failed" in caplog.text
+    dispatcher.close()
+
+
+@pytest.mark.parametrize("eager", [True, False])
+async def test_task_dispatchers_are_always_idle(eager: bool) -> None:
+    dispatcher = TaskDispatcher(10, eager=eager)
+    rec = Recorder()
+    dispatcher.submit("k", rec.gate("running"))
+    assert dispatcher.idle("k")  # no order to keep
+    dispatcher.close()
+    await settle()
+
+
 # ------------------------------------------------------------------------- TaskDispatcher
 
 

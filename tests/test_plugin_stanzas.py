@@ -139,6 +139,23 @@ class CancelledBackend(FixedBackend):
         return await super().create_slot(request)
 
 
+class AtOnceBackend(BlockedBackend):
+    """Has ``slot_now``: makes slots at once, except for ``wait.txt`` (None: it must wait, and its
+    ``create_slot`` blocks until ``release``) and ``fail.txt`` (raises)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at_once: list[str] = []
+
+    def slot_now(self, request: SlotRequest) -> Slot | None:
+        if request.filename == "wait.txt":
+            return None
+        if request.filename == "fail.txt":
+            raise RuntimeError("storage is down")
+        self.at_once.append(request.filename)
+        return Slot(put_url(request.filename), get_url(request.filename))
+
+
 class ForbiddenHeaderBackend:
     async def create_slot(self, request: SlotRequest) -> Slot:
         return Slot(put_url(request.filename), get_url(request.filename), (("X-Foo", "bar"),))
@@ -1024,6 +1041,91 @@ class TestIqDisc(UploadTest):
 # ------------------------------------------------------------------------------ shutdown
 
 ALL_IQDISCS = ("no_queue", "parallel", "one_queue", {"type": "queues", "workers": 2})
+
+
+class TestAnswerAtOnce(UploadTest):
+    """A backend with ``slot_now`` and no policy hook: a request is answered in the call that
+    read it when that keeps the iqdisc's order; otherwise, or when the backend must wait, it is
+    scheduled as with any backend."""
+
+    feed_counting = TestIqDisc.feed_counting
+
+    def test_answered_in_the_call_that_read_it(self) -> None:
+        for iqdisc in ALL_IQDISCS:
+            with self.subTest(iqdisc=iqdisc):
+                self.start(iqdisc=iqdisc, backend_instance=AtOnceBackend())
+                self.assertEqual(self.feed_counting(request_xml("1")), 1)
+                self.expect(slot_xml("1", "a.txt"))
+                self.assertEqual(self.backend.at_once, ["a.txt"])
+                self.assertEqual(self.backend.started, [])  # create_slot never ran
+                self.assertEqual(self.plugin.metrics.create_slot, 1)
+                self.tearDown()
+                self.setUp()
+
+    def test_one_queue_answers_nothing_before_a_request_that_waits(self) -> None:
+        backend = AtOnceBackend()
+        self.start(iqdisc="one_queue", backend_instance=backend)
+        self.recv(request_xml("1", "wait.txt"))
+        self.recv(request_xml("2", "quick.txt", sender=BOB))  # could be made at once, but comes second
+        self.expect(None)
+        self.assertEqual(backend.started, ["wait.txt"])
+        backend.release.set()
+        self.expect(slot_xml("1", "wait.txt"))
+        self.expect(slot_xml("2", "quick.txt", to=BOB))
+        self.recv(request_xml("3", "again.txt"))  # idle again: at once
+        self.expect(slot_xml("3", "again.txt"))
+        self.assertEqual(backend.at_once, ["again.txt"])
+
+    def test_queues_keep_one_users_order_and_let_another_through(self) -> None:
+        other = key_on_another_queue("alice@localhost", 4) + "/r"
+        backend = AtOnceBackend()
+        self.start(iqdisc={"type": "queues", "workers": 4}, backend_instance=backend)
+        self.recv(request_xml("1", "wait.txt"))
+        self.recv(request_xml("2", "mine.txt"))
+        self.recv(request_xml("3", "theirs.txt", sender=other))
+        self.expect(slot_xml("3", "theirs.txt", to=other))
+        self.expect(None)
+        backend.release.set()
+        self.expect(slot_xml("1", "wait.txt"))
+        self.expect(slot_xml("2", "mine.txt"))
+
+    def test_a_failing_slot_now_is_refused_and_takes_back_its_count(self) -> None:
+        self.start(backend_instance=AtOnceBackend(), rate_limit={"slots": 1, "seconds": 60})
+        with self.assertLogs("slixmpp_http_upload.plugin", logging.ERROR) as logs:
+            self.recv(request_xml("1", "fail.txt"))
+            self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
+        self.assertIn("storage is down", logs.output[0])
+        self.recv(request_xml("2", "b.txt"))  # the failed one did not use up the rate limit
+        self.expect(slot_xml("2", "b.txt"))
+        self.assertEqual(self.plugin.metrics.refusals, {"backend": 1})
+
+    def test_a_backend_that_must_wait_takes_back_its_count_then_counts_once(self) -> None:
+        backend = AtOnceBackend()
+        self.start(backend_instance=backend, rate_limit={"slots": 1, "seconds": 60})
+        self.recv(request_xml("1", "wait.txt"))
+        backend.release.set()
+        self.expect(slot_xml("1", "wait.txt"))
+        self.recv(request_xml("2", "b.txt"))  # one slot per minute: the first counted once, not twice
+        reply = self.next_sent()
+        self.assertEqual((reply.get("id"), reply.get("type")), ("2", "error"))
+
+    def test_a_policy_hook_is_always_asked(self) -> None:
+        asked: list[str] = []
+
+        async def policy(requester: JID, request: SlotRequest) -> str | None:
+            asked.append(f"{requester} {request.filename}")
+            return "no" if request.filename == "no.txt" else None
+
+        backend = AtOnceBackend()
+        backend.release.set()  # its create_slot answers at once
+        self.start(backend_instance=backend, policy=policy)
+        self.recv(request_xml("1", "no.txt"))
+        self.expect(error_xml("1", "auth", "forbidden", "no"))
+        self.recv(request_xml("2", "yes.txt"))
+        self.expect(slot_xml("2", "yes.txt"))
+        self.assertEqual(asked, [f"{ALICE} no.txt", f"{ALICE} yes.txt"])
+        self.assertEqual(backend.at_once, [])  # with a hook, the backend's create_slot makes the slot
+        self.assertEqual(backend.started, ["yes.txt"])
 
 
 class TestShutdown(UploadTest):

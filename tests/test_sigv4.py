@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from calendar import timegm
 from urllib.parse import parse_qsl, unquote
@@ -109,6 +111,13 @@ def test_signing_key_matches_the_aws_example():
     # AWS's worked example of deriving a signing key (the IAM service, 2012-02-15).
     key = sigv4.signing_key("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20120215", "us-east-1", "iam")
     assert key.hex() == "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
+
+
+@given(key=st.binary(min_size=0, max_size=64), message=st.binary(max_size=300))
+def test_signing_key_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    signer = sigv4.SigningKey(key)
+    assert signer.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert signer.hexdigest(message) == signer.hexdigest(message)  # the key's state is copied, never used up
 
 
 def test_presigner_derives_the_signing_key_once_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
