@@ -43,6 +43,10 @@ class Received(NamedTuple):
     xml: ET.Element
 
 
+KNOWN_ADDRESSES = 1024
+"""How many escaped JIDs :func:`escape_address` remembers."""
+_escaped_addresses: dict[str, str] = {}
+
 CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 """What a parser would read as a space in an attribute value, as character references."""
 
@@ -73,8 +77,26 @@ def error(
 
 def result_xml(request: Request, payload: str) -> str:
     """The text of :func:`result` to ``request`` carrying ``payload`` (the XML text of one element)."""
-    head = "".join([f' {name}="{escape_attribute(value)}"' for name, value in _attributes(request, "result").items()])
-    return f"<iq{head}>{payload}</iq>"
+    ident, ours, theirs = _addresses(request)
+    head = '<iq type="result"'
+    if ident is not None:
+        head += f' id="{escape_attribute(ident)}"'
+    if ours:
+        head += f' from="{escape_address(ours)}"'
+    if theirs:
+        head += f' to="{escape_address(theirs)}"'
+    return f"{head}>{payload}</iq>"
+
+
+def escape_address(address: str) -> str:
+    """:func:`escape_attribute` of a JID, remembered (up to :data:`KNOWN_ADDRESSES` of them):
+    the service's own and its users' come back in every reply."""
+    escaped = _escaped_addresses.get(address)
+    if escaped is None:
+        if len(_escaped_addresses) >= KNOWN_ADDRESSES:
+            _escaped_addresses.clear()
+        escaped = _escaped_addresses[address] = escape_attribute(address)
+    return escaped
 
 
 def escape_attribute(value: str) -> str:
@@ -97,17 +119,24 @@ def escape_text(value: str) -> str:
     )
 
 
+def _addresses(request: Request) -> tuple[str | None, str | None, str | None]:
+    """The reply's ``id``, ``from`` and ``to``: the request's ``id``, ``to`` (for a component
+    only: a client's server adds our address itself) and ``from``."""
+    received = request.xml
+    ours = received.get("to") if getattr(request.stream, "is_component", False) else None
+    return received.get("id"), ours, received.get("from")
+
+
 def _attributes(request: Request, kind: str) -> dict[str, str]:
     """The reply's attributes, in the order they are written: ``type``, ``id``, ``from``, ``to``."""
-    stream = request.stream
-    received = request.xml
+    ident, ours, theirs = _addresses(request)
     attributes = {"type": kind}
-    if (ident := received.get("id")) is not None:
+    if ident is not None:
         attributes["id"] = ident
-    if getattr(stream, "is_component", False) and (recipient := received.get("to")):
-        attributes["from"] = recipient  # a client's server adds our address itself
-    if sender := received.get("from"):
-        attributes["to"] = sender
+    if ours:
+        attributes["from"] = ours
+    if theirs:
+        attributes["to"] = theirs
     return attributes
 
 

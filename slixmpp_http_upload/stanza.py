@@ -69,9 +69,9 @@ class Dialect:
 
     def slot_xml(self, slot: Slot) -> str:
         """The ``<slot/>`` element as text, as slixmpp's ``tostring`` writes it inside a reply."""
-        if self.attributes:
-            put_url = escape_attribute(slot.put_url)
-            get = f'<get url="{escape_attribute(slot.get_url)}" />'
+        if self.attributes:  # URLs are printable ASCII (``Slot`` checks): no tab, LF or CR to write as references
+            put_url = escape_text(slot.put_url)
+            get = f'<get url="{escape_text(slot.get_url)}" />'
             if not slot.put_headers:
                 return f'<slot xmlns="{self.namespace}"><put url="{put_url}" />{get}</slot>'
             headers = "".join(

@@ -48,9 +48,10 @@ class ReplyWriter:
         self.own_filter = own_filter
         self.filters: dict[str, list[Any]] | None = getattr(xmpp, "_XMLStream__filters", None)
         roster = getattr(xmpp, "roster", None)
-        self.presence_only = getattr(roster, "_save_last_status", None)
-        """The roster's ``out`` filter, which every slixmpp stream has and which looks at
-        presence stanzas only."""
+        self.roster_only = [getattr(roster, "_save_last_status", None)]
+        """The ``out`` filters when only the roster's is there: every slixmpp stream has it, and
+        it looks at presence stanzas only."""
+        self.ours_only = [own_filter]
         self.coalesce = False
         """Whether the replies of one turn of the event loop go out in one write (``serve``'s
         own streams; a bot's test harness may expect a write per stanza)."""
@@ -64,9 +65,9 @@ class ReplyWriter:
         xmpp = self.xmpp
         return (
             filters is not None
-            and all(f == self.presence_only for f in filters["out"])
+            and (not filters["out"] or filters["out"] == self.roster_only)
             and not filters["out_sce"]
-            and all(f == self.own_filter for f in filters["out_sync"])
+            and (not filters["out_sync"] or filters["out_sync"] == self.ours_only)
             and xmpp.transport is not None
             and getattr(xmpp, "_session_started", False)  # slixmpp's own flag, read only
             and not xmpp.use_cdata
