@@ -15,10 +15,11 @@ ALLOWED_PUT_HEADERS = frozenset({"authorization", "cookie", "expires"})
 """The only header names XEP-0363 lets a service hand to clients."""
 
 _URL = re.compile(r"[!-~]+")
+"""What a slot URL may hold: printable ASCII, no space (anything else is percent-encoded)."""
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 """C0 and C1 control characters and DEL, refused in file names."""
-_SURROGATE = re.compile("[\ud800-\udfff]")
-"""What a slot URL may hold: printable ASCII, no space (anything else is percent-encoded)."""
+_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""What a file name may not hold: control characters, and lone surrogates (no UTF-8 carries them)."""
 
 MAX_FILENAME_BYTES = 255
 MAX_SIZE_DIGITS = 20
@@ -43,9 +44,10 @@ class SlotsUnavailable(Exception):
     ``wait/internal-server-error``."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SlotRequest:
-    """A valid request for an upload slot.
+    """A valid request for an upload slot (a value: read it, do not change it; not frozen, as
+    building a frozen dataclass costs a few µs on the path of every slot).
 
     ``domain`` is the served XMPP domain; ``requester`` is None when no XMPP user asked
     (the ``urls`` command). ``content_type`` is None when the client gave none (or "").
@@ -62,10 +64,11 @@ class SlotRequest:
     expires: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Slot:
     """Where to PUT the bytes (with optional headers) and where everyone GETs them. ``key`` is
-    the backend's own name of the object, what its ``delete`` takes (default: the GET URL)."""
+    the backend's own name of the object, what its ``delete`` takes (default: the GET URL).
+    Checked when made; a value from then on (not frozen, as :class:`SlotRequest`)."""
 
     put_url: str
     get_url: str
@@ -112,14 +115,14 @@ def make_request(
 def check_filename(filename: str | None) -> str:
     if not filename:
         raise BadRequest("The filename is missing or empty.")
-    if _CONTROL.search(filename):
-        raise BadRequest("The filename contains control characters.")
+    if _REFUSED.search(filename):  # one scan for the usual name; which rule it broke, below
+        if _CONTROL.search(filename):
+            raise BadRequest("The filename contains control characters.")
+        raise BadRequest("The filename is not valid Unicode.")
     if filename in (".", ".."):
         raise BadRequest("The filename cannot be '.' or '..'.")
-    if len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+    if len(filename) > MAX_FILENAME_BYTES // 4 and len(filename.encode()) > MAX_FILENAME_BYTES:
         raise BadRequest(f"The filename is longer than {MAX_FILENAME_BYTES} bytes.")
-    if _SURROGATE.search(filename):
-        raise BadRequest("The filename is not valid Unicode.")
     return filename
 
 
