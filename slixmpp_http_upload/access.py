@@ -17,6 +17,7 @@ from slixmpp import JID
 from .domains import normalise_domain
 from .slot import SlotRequest
 
+KNOWN_REQUESTERS = 4096
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,21 @@ class AccessRules:
         self.served_domain = normalise_domain(served_domain)
         self.allow = allow
         self.deny = deny
+        self._known: dict[str, JID | None] = {}
+
+    def requester(self, address: str) -> JID | None:
+        """The JID of the sender ``address`` (as written in the request) if :meth:`permits` it,
+        else None; the answer is remembered for up to :data:`KNOWN_REQUESTERS` addresses, as the
+        same users ask again and again."""
+        try:
+            return self._known[address]
+        except KeyError:
+            pass
+        jid = JID(address)
+        if len(self._known) >= KNOWN_REQUESTERS:
+            self._known.clear()
+        self._known[address] = answer = jid if self.permits(jid) else None
+        return answer
 
     def permits(self, requester: JID) -> bool:
         domain = normalise_domain(requester.domain)

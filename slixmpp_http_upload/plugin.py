@@ -231,8 +231,8 @@ class HttpUploadServer(BasePlugin):
             self._refuse(iq, "internal", "wait", "internal-server-error")
 
     def _check_and_schedule(self, iq: Request, dialect: Dialect, element: ET.Element) -> None:
-        requester = JID(iq.xml.get("from", ""))
-        if not self.rules.permits(requester):
+        requester = self.rules.requester(iq.xml.get("from", ""))
+        if requester is None:
             return self._refuse(iq, "forbidden", "auth", "forbidden", "This service is not for your domain.")
         raw = dialect.read_request(element)
         try:

@@ -56,11 +56,12 @@ class Dialect:
         return f"{{{self.namespace}}}request"
 
     def read_request(self, request: ET.Element) -> RawRequest:
-        if self.attributes and "filename" in request.attrib:
-            filename, size, content_type = (request.get(name) for name in FIELDS)
+        filename = request.get("filename") if self.attributes else None
+        if filename is not None:
+            size, content_type = request.get("size"), request.get("content-type")
         else:  # legacy dialects, and old clients that sent child elements under ``:0``
             filename, size, content_type = (request.findtext(f"{{{self.namespace}}}{name}") for name in FIELDS)
-        if self.attributes:  # purposes came with XEP-0363 1.2, in the ``:0`` dialect only
+        if self.attributes and len(request):  # purposes came with XEP-0363 1.2, in ``:0`` only
             for child in request:
                 if child.tag.startswith(_PURPOSE_PREFIX):
                     purpose, expire_before = child.tag[len(_PURPOSE_PREFIX) :], child.get("expire-before")

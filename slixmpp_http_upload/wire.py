@@ -83,7 +83,7 @@ class ReplyWriter:
     def send_result(self, request: replies.Request, payload: str) -> None:
         """Send a ``result`` to ``request`` carrying ``payload``, the XML text of one element
         (in its namespace, with ``xmlns``, as ``tostring`` writes it)."""
-        if self.direct():
+        if self.batch or self.direct():  # (a reply already waits for this turn's write: direct)
             self._write(replies.result_xml(request, payload))
         else:
             reply = replies.result(request)
