@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import functools
 import hmac
 import secrets
 import time
@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from .filestore import FileStore
 from .options import ConfigError, Option, parse_table, text
-from .sigv4 import uri_encode
+from .sigv4 import HmacSha256, uri_encode
 from .slot import Slot, SlotRequest, object_name
 
 if TYPE_CHECKING:
@@ -67,21 +67,26 @@ class PutGrant:
     content_type: str | None
 
 
+@functools.lru_cache(maxsize=256)
+def _quoted_type(content_type: str) -> str:
+    """A content type as a query value (the same few come again and again)."""
+    return quote(content_type, safe="")
+
+
 class UrlSigner:
     """Signs and checks PUT queries with one key (its HMAC state is computed once)."""
 
     def __init__(self, key: bytes) -> None:
-        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._mac = HmacSha256(key)
 
     def signature(self, token: str, name: str, size: int, content_type: str | None, expires: int) -> str:
-        mac = self._mac.copy()
         # NUL cannot occur in any field (names and types are refused with control characters)
-        mac.update(f"{token}\0{name}\0{size}\0{content_type or ''}\0{expires}".encode())
-        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+        mac = self._mac.digest(f"{token}\0{name}\0{size}\0{content_type or ''}\0{expires}".encode())
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
     def put_query(self, token: str, name: str, size: int, content_type: str | None, expires: int) -> str:
         signature = self.signature(token, name, size, content_type, expires)
-        type_param = f"&type={quote(content_type, safe='')}" if content_type else ""
+        type_param = f"&type={_quoted_type(content_type)}" if content_type else ""
         return f"expires={expires}&size={size}{type_param}&sig={signature}"
 
     def check(self, token: str, name: str, query: Mapping[str, str], now: float) -> PutGrant:

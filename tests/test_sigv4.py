@@ -114,9 +114,10 @@ def test_signing_key_matches_the_aws_example():
 
 
 @given(key=st.binary(min_size=0, max_size=64), message=st.binary(max_size=300))
-def test_signing_key_is_hmac_sha256(key: bytes, message: bytes) -> None:
-    signer = sigv4.SigningKey(key)
+def test_hmac_sha256_is_hmac_sha256(key: bytes, message: bytes) -> None:
+    signer = sigv4.HmacSha256(key)
     assert signer.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert signer.digest(message) == hmac.digest(key, message, "sha256")
     assert signer.hexdigest(message) == signer.hexdigest(message)  # the key's state is copied, never used up
 
 
