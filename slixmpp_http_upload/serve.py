@@ -38,6 +38,7 @@ from .options import ConfigError
 from .retention import CannotDelete, Sweeper
 from .s3 import S3Backend
 from .served import ServedFiles
+from .wire import ReplyWriter
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +221,22 @@ class UploadComponent(ComponentXMPP):
     first to :attr:`take` as an element, and only what it leaves becomes a slixmpp stanza
     object, filtered and matched against the handlers as usual. A plain slot request (most of
     what the stream carries) so skips the work slixmpp would do for it before the plugin's
-    handler (see ``bench/README.md``)."""
+    handler; and the replies made while one read is handled leave in one write when it is
+    done (see ``bench/README.md``)."""
 
     take: Callable[[ET.Element], bool] | None = None
+    writer: ReplyWriter | None = None
+
+    def data_received(self, data: bytes | str) -> None:
+        writer = self.writer
+        if writer is None:
+            return super().data_received(data)
+        writer.reading = True
+        try:
+            super().data_received(data)
+        finally:
+            writer.reading = False
+            writer.flush()
 
     def _spawn_event(self, xml: ET.Element) -> None:
         if self.take is None or not self.take(xml):
@@ -244,7 +258,8 @@ def make_component(config: Config, domain: str, backend: Backend, accounting: Ac
             "own_stream": True,
         },
     )
-    xmpp.take = xmpp.plugin["http_upload_server"].take_element  # type: ignore[typeddict-item]
+    plugin = xmpp.plugin["http_upload_server"]  # type: ignore[typeddict-item]
+    xmpp.take, xmpp.writer = plugin.take_element, plugin.writer
     size = "unlimited" if settings.max_file_size is None else f"{settings.max_file_size} bytes"
     iqdisc = settings.iqdisc.type
     if iqdisc == "queues":

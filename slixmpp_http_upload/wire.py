@@ -56,6 +56,9 @@ class ReplyWriter:
         """Whether the replies of one turn of the event loop go out in one write (``serve``'s
         own streams; a bot's test harness may expect a write per stanza)."""
         self.batch: list[str] = []
+        self.reading = False
+        """Set while the stream's owner reads (``serve``'s components): it calls :meth:`flush`
+        when the read is done, so the replies made meanwhile need no turn of the loop of their own."""
 
     def direct(self) -> bool:
         """Whether a reply may be written now without the send queue: connected, the session
@@ -96,7 +99,7 @@ class ReplyWriter:
             self.xmpp.send_raw(text)
             return
         self.batch.append(text)
-        if len(self.batch) == 1:
+        if len(self.batch) == 1 and not self.reading:
             self.xmpp.loop.call_soon(self.flush)
 
     def flush(self) -> None:

@@ -42,9 +42,11 @@ class Transport(asyncio.Transport):
     """Keeps what is written."""
 
     data = b""
+    writes = 0
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         self.data += data
+        self.writes += 1
 
     def is_closing(self) -> bool:
         return False
@@ -148,3 +150,13 @@ async def test_a_request_holding_too_many_elements_is_refused_unread(stream: Str
     reply = await stream.answer(f"<iq type='get' id='big' to='upload.localhost' from='alice@localhost/p'>{payload}</iq>")
     assert 'type="error"' in reply and "<bad-request " in reply
     assert stream.built == 1
+
+
+async def test_the_replies_to_one_read_leave_in_one_write_when_it_is_done(stream: Stream) -> None:
+    before = stream.transport.writes
+    # three plain requests and one that takes slixmpp's road, in one read
+    read = request(id="a") + request(id="b", to="UPLOAD.localhost") + request(id="c") + request(id="d")
+    stream.xmpp.data_received(read.encode())
+    assert stream.transport.writes == before + 1  # written before data_received returned
+    replies = stream.transport.data.decode()
+    assert [f'id="{name}"' in replies for name in "abcd"] == [True] * 4
