@@ -95,7 +95,10 @@ class HmacSha256:
     each time). For keys used many times: the day's signing key, the ``local`` backend's."""
 
     def __init__(self, key: bytes) -> None:
-        block = key.ljust(hashlib.sha256().block_size, b"\0")  # SHA-256 keys are shorter than a block
+        size = hashlib.sha256().block_size
+        if len(key) > size:  # RFC 2104: a key longer than a block is hashed first (a long url_key)
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(size, b"\0")
         self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
         self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
 

@@ -4,6 +4,9 @@ key live, the slot URLs ``urls`` prints, and the signature that authorises a PUT
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import stat
 import subprocess
@@ -79,6 +82,15 @@ def test_a_configured_url_key_signs_and_no_key_file_is_made(tmp_path: Path) -> N
     assert "type" not in query  # no type declared: none signed
     assert UrlSigner(key.encode()).check(token, name, query, now=0).content_type is None
     assert not (tmp_path / "files" / ".url-key").exists()
+
+
+@pytest.mark.parametrize("key", [b"sixteen bytes ok", bytes(range(64)), b"0123456789abcdef" * 8])
+def test_put_signatures_are_hmac_sha256_whatever_the_key_length(key: bytes) -> None:
+    # 128 bytes is what `openssl rand -hex 64` makes: longer than SHA-256's block, so RFC 2104
+    # hashes it first; URLs signed before a restart (or by an older release) must still pass
+    fields = "token\0a.txt\0" "10\0text/plain\0" "1700000000"
+    expected = base64.urlsafe_b64encode(hmac.new(key, fields.encode(), hashlib.sha256).digest()).rstrip(b"=")
+    assert UrlSigner(key).signature("token", "a.txt", 10, "text/plain", 1700000000) == expected.decode()
 
 
 def test_public_url_and_path_prefix(tmp_path: Path) -> None:
