@@ -324,19 +324,24 @@ class HttpUploadServer(BasePlugin):
         return usage
 
     def _deliver(self, iq: Request, dialect: Dialect, request: SlotRequest, usage: Usage, slot: Slot, started: float) -> None:
-        """Send ``slot`` and record it (or refuse, if the dialect cannot carry it)."""
+        """Send ``slot`` and record it (or refuse, if the dialect cannot carry it or the ledger
+        cannot take it)."""
         try:
             payload = dialect.slot_xml(slot)
         except Exception as error:
             self.accounting.withdraw(usage)
             return self._failed(iq, request, error)
-        self.accounting.record(usage, request, slot)
+        try:
+            self.accounting.record(usage, request, slot)
+        except Exception as error:  # counted all the same: the ledger may hold it in part
+            return self._failed(iq, request, error)
         self.metrics.slot_created(time.perf_counter() - started)
         log.debug("Slot for %s: %r, %d bytes: %s", request.requester, request.filename, request.size, slot.get_url)
         self.writer.send_result(iq, payload)
 
     def _failed(self, iq: Request, request: SlotRequest, error: BaseException) -> None:
-        """The backend could not make a slot (or the dialect carry it): log, and refuse."""
+        """The backend could not make a slot (or the dialect carry it, or the ledger record it):
+        log, and refuse."""
         backend = type(self.backend).__name__
         known = isinstance(error, SlotsUnavailable)  # its reason is the whole story: no traceback
         log.error("Could not make a slot for %s (%s): %s", request.requester, backend, error, exc_info=not known)

@@ -40,7 +40,10 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from helpers import AsyncioErrors, CredentialsEndpoint, empty_aws_chain, key_on_another_queue
 import slixmpp_http_upload
 from slixmpp_http_upload import ConfigError, HttpUploadServer, Slot, SlotRequest, TryLater
+from slixmpp_http_upload.accounting import Accounting
+from slixmpp_http_upload.config import parse_upload_settings
 from slixmpp_http_upload.dispatch import EAGER_TASKS
+from slixmpp_http_upload.ledger import IN_MEMORY, Ledger, SlotRecord
 
 SERVICE = "upload.localhost"
 ALICE = "alice@localhost/phone"
@@ -154,6 +157,16 @@ class AtOnceBackend(BlockedBackend):
             raise RuntimeError("storage is down")
         self.at_once.append(request.filename)
         return Slot(put_url(request.filename), get_url(request.filename))
+
+
+class UnwritableLedger(Ledger):
+    """An in-memory ledger that cannot record a slot (as when its writer thread cannot start)."""
+
+    def __init__(self) -> None:
+        super().__init__(IN_MEMORY)
+
+    def add(self, record: SlotRecord) -> None:
+        raise RuntimeError("can't start new thread")
 
 
 class ForbiddenHeaderBackend:
@@ -647,6 +660,20 @@ class TestErrors(UploadTest):
         self.assertIn("storage is down", logs.output[0])
         self.recv(request_xml("2", "ok.txt"))
         self.expect(slot_xml("2", "ok.txt"))
+
+    def test_a_slot_the_ledger_cannot_take_is_refused_as_a_backend_failure(self) -> None:
+        # the ledger's add starts its writer thread on first use, which can fail
+        for backend in (FixedBackend(), AtOnceBackend()):  # scheduled, and answered at once
+            with self.subTest(backend=type(backend).__name__):
+                settings = parse_upload_settings({})
+                self.start(backend_instance=backend, settings=settings, accounting=Accounting(settings, UnwritableLedger()))
+                with self.assertLogs("slixmpp_http_upload.plugin", logging.ERROR) as logs:
+                    self.recv(request_xml("1", "a.txt"))
+                    self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
+                self.assertIn("Could not make a slot", logs.output[0])
+                self.assertEqual(self.plugin.metrics.refusals, {"backend": 1})
+                self.tearDown()
+                self.setUp()
 
     def test_backend_hit_by_a_foreign_cancellation_then_next_request_served(self) -> None:
         # A CancelledError that is not the worker's own cancellation is a backend failure:
