@@ -115,14 +115,15 @@ def make_request(
 def check_filename(filename: str | None) -> str:
     if not filename:
         raise BadRequest("The filename is missing or empty.")
-    if _REFUSED.search(filename):  # one scan for the usual name; which rule it broke, below
-        if _CONTROL.search(filename):
-            raise BadRequest("The filename contains control characters.")
-        raise BadRequest("The filename is not valid Unicode.")
+    refused = _REFUSED.search(filename)  # one scan for the usual name; which rule it broke, below
+    if refused and _CONTROL.search(filename):
+        raise BadRequest("The filename contains control characters.")
     if filename in (".", ".."):
         raise BadRequest("The filename cannot be '.' or '..'.")
-    if len(filename) > MAX_FILENAME_BYTES // 4 and len(filename.encode()) > MAX_FILENAME_BYTES:
+    if len(filename) > MAX_FILENAME_BYTES // 4 and len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
         raise BadRequest(f"The filename is longer than {MAX_FILENAME_BYTES} bytes.")
+    if refused:
+        raise BadRequest("The filename is not valid Unicode.")
     return filename
 
 

@@ -37,6 +37,10 @@ def test_filename_accepted(filename):
         ("é" * 128, "The filename is longer than 255 bytes."),
         ("😀" * 64, "The filename is longer than 255 bytes."),
         ("a\ud800b", "The filename is not valid Unicode."),
+        # the length is checked before the encoding (as 3 bytes a lone surrogate): the first rule broken
+        ("a" * 300 + "\ud800", "The filename is longer than 255 bytes."),
+        ("\ud800" * 86, "The filename is longer than 255 bytes."),
+        ("\ud800" * 85, "The filename is not valid Unicode."),
     ],
 )
 def test_filename_refused(filename, message):
