@@ -96,7 +96,8 @@ def write_config(directory: Path, backend: str, extra: list[str]) -> Path:
             'secret_access_key = "bench-secret-not-a-real-key"',
         ]
     else:
-        lines += ["", "[http_upload.local]", f'root = "{directory / "files"}"', "", "[http]", 'public_url = "http://127.0.0.1:9/files"']
+        lines += ["", "[http_upload.local]", f'root = "{directory / "files"}"']
+        lines += ["", "[http]", 'public_url = "http://127.0.0.1:9/files"']
     path = directory / "bench.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

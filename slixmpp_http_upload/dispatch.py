@@ -16,8 +16,9 @@ A job that raises (a bug: jobs handle their own errors) is logged once and its `
 called, which answers the request if it can; the worker goes on with the next job.
 
 :meth:`Dispatcher.idle` says whether a request of a requester may be answered right away, in
-the call that read it, without breaking the order of the mode: nothing of theirs is queued or
-running (``one_queue``: nothing at all). The plugin answers so when it has nothing to await
+the call that read it, without breaking the order of the mode: nothing is queued or running on
+their queue (``one_queue``: nothing at all; ``queues``: nothing on the queue their bare JID maps
+to, which other users share). The plugin answers so when it has nothing to await
 (no policy hook, the backend ready), sparing a queue, a task switch and the coroutines.
 """
 

@@ -2,12 +2,14 @@
 
 A request goes: :class:`~slixmpp_http_upload.guard.StreamGuard` (a filter on the stream)
 answers or drops what would break the stream (malformed addresses, several payloads, too many
-elements); :meth:`HttpUploadServer._on_request` (inline, in stanza order) checks the IQ type, who
-asks, the fields and the purpose, then hands :meth:`HttpUploadServer._answer` to the iqdisc
-dispatcher, which asks the policy hook, the limits
-(:class:`~slixmpp_http_upload.accounting.Accounting`) and the backend, records the slot in the
-ledger and sends it. Every reply is built by :mod:`slixmpp_http_upload.replies`, from the
-request's addresses and id alone.
+elements); the handler :meth:`HttpUploadServer._on_request` checks the IQ type, then, inline and
+in stanza order, who asks, the fields and the purpose. When nothing has to be awaited (no policy
+hook, a backend whose ``slot_now`` makes the slot at once, and nothing of the same requester's
+queued before it under the iqdisc) the slot is made, recorded in the ledger and sent right away;
+otherwise :meth:`HttpUploadServer._answer` goes to the iqdisc dispatcher, which asks the policy
+hook, the limits (:class:`~slixmpp_http_upload.accounting.Accounting`) and the backend, and does
+the same. Every reply is built by :mod:`slixmpp_http_upload.replies`, from the request's
+addresses and id alone, and sent by :class:`~slixmpp_http_upload.wire.ReplyWriter`.
 
 Config: every ``[http_upload]`` option (same checks and messages) — or ``settings``, the same
 already checked (:class:`~slixmpp_http_upload.config.UploadSettings`) — plus ``domain`` (the
@@ -16,10 +18,10 @@ domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Bac
 ``policy`` (see :mod:`slixmpp_http_upload.access`), ``accounting`` (a ready
 :class:`~slixmpp_http_upload.accounting.Accounting`, shared by components; by default one of its
 own over the ``ledger`` file), and ``own_stream``: True when nothing but slixmpp and this plugin
-handles or filters the stream (``serve``'s components). A well-formed slot request is then
-handled from the guard's filter, before slixmpp matches it against every handler; a bot's stream
-and the replies of one turn of the event loop leave in one write; a bot's stream keeps the usual
-road, so its own handlers and filters see what they saw.
+handles or filters the stream (``serve``'s components, :class:`~slixmpp_http_upload.serve.UploadComponent`).
+Such a stream hands each plain slot request to :meth:`HttpUploadServer.take_element` as the
+element read, before slixmpp builds a stanza object of it, and writes the replies to one read
+together. A bot's stream keeps slixmpp's road, so its own handlers and filters see what they saw.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
 from . import replies
-from .replies import Received, Request
 from .access import AccessRules, Policy, TryLater
 from .accounting import Accounting, open_ledger
 from .backends import Backend, create_backend
@@ -53,6 +54,7 @@ from .metrics import SlotMetrics
 from .options import ConfigError
 from .pending import PendingRequests
 from .purposes import PurposeNotServed, choose
+from .replies import Received, Request
 from .slot import BadRequest, FileTooLarge, Slot, SlotRequest, SlotsUnavailable, make_request
 from .stanza import CURRENT, LEGACY, Dialect
 
@@ -96,7 +98,6 @@ class HttpUploadServer(BasePlugin):
         self.settings = self._settings()
         self.backend = self.config.get("backend_instance") or create_backend(self.settings, path=self.name)
         self.policy: Policy | None = self.config.get("policy")
-        self.slot_now: Callable[[SlotRequest], Slot | None] | None = getattr(self.backend, "slot_now", None)
         self.own_accounting = "accounting" not in self.config
         self.accounting: Accounting = self.config.get("accounting") or Accounting(
             self.settings, open_ledger(self.settings, self.name)
@@ -204,7 +205,10 @@ class HttpUploadServer(BasePlugin):
         object of it; only where ``own_stream`` holds (nothing else wants to see the request)."""
         if not self.guard.plain_request(xml):
             return False
-        self._handle(Received(self.xmpp, xml), self.dialects[xml[0].tag], xml[0])
+        try:
+            self._handle(Received(self.xmpp, xml), self.dialects[xml[0].tag], xml[0])
+        except Exception:  # not even its refusal could be sent: the stream must go on all the same
+            log.exception("Dropped a slot request that could not be answered")
         return True
 
     def _on_request(self, iq: Iq) -> None:
@@ -262,7 +266,7 @@ class HttpUploadServer(BasePlugin):
             )
         if self.pending.closing:
             return self._refuse(iq, "shutdown", "wait", "service-unavailable", SHUTTING_DOWN)
-        if self.slot_now is not None and self.policy is None and self.dispatcher.idle(requester.bare):
+        if self.policy is None and self.dispatcher.idle(requester.bare):
             if self._answer_now(iq, dialect, request):
                 return
         job = functools.partial(self._answer, iq, dialect, request)
@@ -272,13 +276,16 @@ class HttpUploadServer(BasePlugin):
 
     def _answer_now(self, iq: Request, dialect: Dialect, request: SlotRequest) -> bool:
         """Answer without awaiting anything (no policy hook; the backend's ``slot_now``); False
-        when the backend has to wait first, and the request must be scheduled."""
+        when the backend has none or has to wait first, and the request must be scheduled."""
+        slot_now: Callable[[SlotRequest], Slot | None] | None = getattr(self.backend, "slot_now", None)
+        if slot_now is None:
+            return False
         started = time.perf_counter()
         usage = self._admit(iq, dialect, request)
         if usage is None:
             return True
         try:
-            slot = self.slot_now(request)  # type: ignore[misc]
+            slot = slot_now(request)
         except Exception as error:
             self.accounting.withdraw(usage)
             self._failed(iq, request, error)
@@ -294,7 +301,8 @@ class HttpUploadServer(BasePlugin):
         raises only when its own task is cancelled."""
         started = time.perf_counter()
         try:
-            verdict = await self.policy(request.requester, request) if self.policy else None  # type: ignore[arg-type]
+            # the hook gets a JID of its own: ``request.requester`` is shared by the sender's requests
+            verdict = await self.policy(JID(request.requester), request) if self.policy else None
             if isinstance(verdict, TryLater):
                 retry = dialect.retry_element(verdict.retry) if verdict.retry else None
                 return self._refuse(iq, "policy", "wait", "resource-constraint", verdict.reason, retry)

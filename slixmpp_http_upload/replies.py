@@ -25,6 +25,7 @@ from xml.etree import ElementTree as ET
 
 from slixmpp.stanza import Iq
 
+
 class Request(Protocol):
     """What a reply is made from: the request's element and the stream it came on (a slixmpp
     stanza object has both, and so has :class:`Received`)."""

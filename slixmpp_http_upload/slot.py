@@ -44,10 +44,10 @@ class SlotsUnavailable(Exception):
     ``wait/internal-server-error``."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SlotRequest:
-    """A valid request for an upload slot (a value: read it, do not change it; not frozen, as
-    building a frozen dataclass costs a few µs on the path of every slot).
+    """A valid request for an upload slot (a value, hashable as one: read it, do not change it;
+    not frozen, as building a frozen dataclass costs a few µs on the path of every slot).
 
     ``domain`` is the served XMPP domain; ``requester`` is None when no XMPP user asked
     (the ``urls`` command). ``content_type`` is None when the client gave none (or "").
@@ -64,7 +64,7 @@ class SlotRequest:
     expires: float | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Slot:
     """Where to PUT the bytes (with optional headers) and where everyone GETs them. ``key`` is
     the backend's own name of the object, what its ``delete`` takes (default: the GET URL).

@@ -17,8 +17,8 @@ stanza classes on ``Iq``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import datetime, timezone
+from typing import NamedTuple
 from xml.etree import ElementTree as ET
 
 from .purposes import NS_PURPOSE

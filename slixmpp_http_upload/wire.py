@@ -17,8 +17,9 @@ all replies of one stream take the same road while the filters stay the same, so
 is kept.
 
 On ``serve``'s own streams (:attr:`ReplyWriter.coalesce`) the replies made in one turn of the
-event loop leave in one write: a component answers a whole read of requests in one turn, so
-that is one system call instead of one per reply, and fewer, fuller packets for the server.
+event loop leave in one write — those to one read when the read is done
+(:attr:`ReplyWriter.reading`, set by :class:`~slixmpp_http_upload.serve.UploadComponent`): one
+system call instead of one per reply, and fewer, fuller packets for the server.
 
 slixmpp has no public way to list the filters; the writer reads the table ``add_filter`` fills
 (``XMLStream.__filters``), and if a slixmpp release renames it, it sees no table and always

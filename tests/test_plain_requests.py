@@ -160,3 +160,23 @@ async def test_the_replies_to_one_read_leave_in_one_write_when_it_is_done(stream
     assert stream.transport.writes == before + 1  # written before data_received returned
     replies = stream.transport.data.decode()
     assert [f'id="{name}"' in replies for name in "abcd"] == [True] * 4
+
+
+async def test_a_request_that_cannot_even_be_refused_does_not_stop_the_stream(
+    stream: Stream, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = stream.xmpp.plugin["http_upload_server"]
+    rules, writer = plugin.rules, plugin.writer
+
+    def broken(address: str) -> None:
+        raise RuntimeError("a bug")
+
+    def cannot_send(reply: object) -> None:
+        raise RuntimeError("another bug")
+
+    monkeypatch.setattr(rules, "requester", broken)
+    monkeypatch.setattr(writer, "send", cannot_send)
+    assert await stream.answer(request(id="lost")) == ""  # data_received did not raise
+    assert "Dropped a slot request that could not be answered" in caplog.text
+    monkeypatch.undo()
+    assert 'id="next"' in await stream.answer(request(id="next"))

@@ -1136,6 +1136,26 @@ class TestAnswerAtOnce(UploadTest):
         reply = self.next_sent()
         self.assertEqual((reply.get("id"), reply.get("type")), ("2", "error"))
 
+    def test_a_policy_hook_that_changes_its_jid_changes_nothing_else(self) -> None:
+        async def policy(requester: JID, request: SlotRequest) -> str | None:
+            requester.resource = "changed"  # a JID is mutable: the hook must get one of its own
+            return None
+
+        backend = AtOnceBackend()
+        backend.release.set()
+        self.start(backend_instance=backend, policy=policy)
+        for iq_id in ("1", "2"):
+            self.recv(request_xml(iq_id, "a.txt"))
+            self.expect(slot_xml(iq_id, "a.txt"))
+        self.assertEqual([str(request.requester) for request in backend.requests], [ALICE, ALICE])
+
+    def test_a_backend_given_later_is_asked_for_slot_now(self) -> None:
+        self.start()  # a FixedBackend: no slot_now
+        self.plugin.backend = backend = AtOnceBackend()
+        self.assertEqual(self.feed_counting(request_xml("1")), 1)
+        self.expect(slot_xml("1", "a.txt"))
+        self.assertEqual(backend.at_once, ["a.txt"])
+
     def test_a_policy_hook_is_always_asked(self) -> None:
         asked: list[str] = []
 
