@@ -23,7 +23,7 @@ from servers import SeaweedFS, anonymous_request
 from slixmpp_http_upload import Slot, SlotRequest, register_backend
 from slixmpp_http_upload.accounting import Accounting
 from slixmpp_http_upload.config import parse_upload_settings
-from slixmpp_http_upload.ledger import DEFAULT_LEDGER, Ledger, SlotRecord
+from slixmpp_http_upload.ledger import DEFAULT_LEDGER, INSERT_ROWS, Ledger, SlotRecord, _connect, _insert
 from slixmpp_http_upload.limits import DAY, OverLimit
 from slixmpp_http_upload.retention import RETRY_DELAY, sweep
 from slixmpp_http_upload.s3 import S3Backend
@@ -38,6 +38,12 @@ def record(key: str, owner: str = "alice@localhost", *, issued: float = NOW, exp
 def rows(path: Path) -> list[tuple[object, ...]]:
     with sqlite3.connect(path) as connection:
         return connection.execute("SELECT key, gone FROM slots ORDER BY key").fetchall()
+
+
+def written(path: Path) -> list[tuple[int, str, int]]:
+    """``(id, key, gone)`` of every row, in the order written."""
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT id, key, gone FROM slots ORDER BY id").fetchall()
 
 
 class Backend:
@@ -145,8 +151,49 @@ def test_records_a_full_disk_refused_are_written_once_there_is_room(tmp_path: Pa
         again = Ledger(path)
         assert sorted(again.records) == ["before", *(f"while-full-{n:03}" for n in range(200))]
         again.close()
+        assert [key for _, key, _ in written(path)] == ["before", *(f"while-full-{n:03}" for n in range(200))]
     assert f"Could not write the ledger {path} (database or disk is full); trying again every 1 s" in caplog.text
     assert f"The ledger {path} is written again" in caplog.text
+
+
+def test_a_batch_of_many_slots_is_written_in_the_order_given(tmp_path: Path) -> None:
+    """More new rows in one batch than one INSERT statement holds, a removal among them: every row
+    is written, ``id`` in the order of the slots, and an ``id`` is never given again (``served``
+    finds the rows other processes added as those after the last ``id`` it saw)."""
+    path = tmp_path / "ledger.sqlite"
+    count = 2 * INSERT_ROWS + 45  # two full statements, then smaller ones
+    ledger = Ledger(path)
+    for n in range(count):
+        ledger.add(record(f"k{n:04}", size=n, expires=NOW + n))
+        if n == 300:
+            ledger.remove(["k0007"], forget=True)
+            ledger.remove(["k0008"])
+    ledger.flush()
+    rows_written = written(path)
+    assert [key for _, key, _ in rows_written] == [f"k{n:04}" for n in range(count) if n != 7]
+    assert [key for _, key, gone in rows_written if gone] == ["k0008"]
+    assert [row_id for row_id, _, _ in rows_written] == sorted({row_id for row_id, _, _ in rows_written})
+    newest = rows_written[-1][0]
+    ledger.remove([f"k{count - 1:04}"], forget=True)  # the newest row: its id is not reused
+    ledger.add(record("after"))
+    ledger.close()
+    assert written(path)[-2:] == [(newest - 1, f"k{count - 2:04}", 0), (newest + 1, "after", 0)]
+    again = Ledger(path)
+    assert len(again.records) == count - 2
+    assert again.records["k0500"] == record("k0500", size=500, expires=NOW + 500)
+    assert again.last_row == newest + 1
+    again.close()
+
+
+def test_rows_are_written_where_sqlite_allows_few_parameters(tmp_path: Path) -> None:
+    """A SQLite built with a lower limit on a statement's parameters gets fewer rows per INSERT."""
+    connection = _connect(str(tmp_path / "ledger.sqlite"))
+    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)  # two rows of eight
+    records = [record(f"k{n}", size=n) for n in range(7)]
+    with connection:
+        _insert(connection, records)
+    assert connection.execute("SELECT key, size FROM slots ORDER BY id").fetchall() == [(f"k{n}", n) for n in range(7)]
+    connection.close()
 
 
 def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
