@@ -90,6 +90,10 @@ class SlotRecord(NamedTuple):
     expires: float | None
 
 
+_Change = SlotRecord | tuple[str, object]
+"""What the writer is sent: a new record, or ``(kind, value)`` (``gone``, ``forget``, ``flush``)."""
+
+
 class Ledger:
     """The records of one ledger file (``:memory:`` for none), loaded on open."""
 
@@ -110,7 +114,7 @@ class Ledger:
         with self._connection:
             self._connection.execute(_PRUNE, (time.time() - DAY,))
         self._next_prune = time.monotonic() + PRUNE_SECONDS
-        self._writes: queue.SimpleQueue[tuple[str, object] | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None  # started by the first change
 
     def add(self, record: SlotRecord) -> None:
@@ -120,7 +124,7 @@ class Ledger:
             heapq.heappush(self._due, (record.expires, record.key))
             if self._watcher is not None:
                 self._watcher(record.expires)
-        self._send(("add", record))
+        self._send(record)
 
     def watch(self, watcher: Callable[[float], None]) -> None:
         """Have ``watcher(expires)`` called for each new record that expires."""
@@ -185,14 +189,14 @@ class Ledger:
             self._writes.put(None)
             self._writer.join()
 
-    def _send(self, change: tuple[str, object]) -> None:
+    def _send(self, change: _Change) -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="ledger writer", daemon=True)
             self._writer.start()
         self._writes.put(change)
 
     def _write_loop(self) -> None:
-        unwritten: list[tuple[str, object]] = []  # what a failed write left, oldest first
+        unwritten: list[_Change] = []  # what a failed write left, oldest first
         while True:
             batch = self._next_batch(RETRY_SECONDS if unwritten else None)
             closing = None in batch
@@ -205,22 +209,22 @@ class Ledger:
                 log.warning("The ledger %s is written again", self.path)
             unwritten = [] if written else changes
             if written or closing:
-                for kind, done in changes:
-                    if kind == "flush":
-                        done.set()  # type: ignore[attr-defined]
+                for change in changes:
+                    if _is_flush(change):
+                        change[1].set()  # type: ignore[index, union-attr]
             if closing:
                 if unwritten:
                     log.error("%d changes to the ledger %s are lost", len(unwritten), self.path)
                 self._connection.close()
                 return
 
-    def _next_batch(self, timeout: float | None) -> list[tuple[str, object] | None]:
+    def _next_batch(self, timeout: float | None) -> list[_Change | None]:
         """The changes queued within :data:`BATCH_SECONDS` of the first (none after ``timeout``)."""
         try:
             batch = [self._writes.get(timeout=timeout)]
         except queue.Empty:
             return []
-        if batch[0] is not None and batch[0][0] != "flush":
+        if not _is_flush(batch[0]):
             time.sleep(BATCH_SECONDS)
         while True:  # everything queued meanwhile goes in the same transaction
             try:
@@ -228,15 +232,16 @@ class Ledger:
             except queue.Empty:
                 return batch
 
-    def _write(self, changes: list[tuple[str, object]]) -> sqlite3.Error | None:
+    def _write(self, changes: list[_Change]) -> sqlite3.Error | None:
         """Apply ``changes`` in one transaction; SQLite's error (then nothing is applied), if any."""
         try:
             with self._connection:
                 added: list[SlotRecord] = []
-                for kind, value in changes:
-                    if kind == "add":
-                        added.append(value)  # type: ignore[arg-type]
+                for change in changes:
+                    if type(change) is SlotRecord:
+                        added.append(change)
                         continue
+                    kind, value = change
                     _insert(self._connection, added)  # in order: a removal may follow
                     added.clear()
                     if kind == "forget":
@@ -250,6 +255,11 @@ class Ledger:
         except sqlite3.Error as error:
             return error
         return None
+
+
+def _is_flush(change: _Change | None) -> bool:
+    """Whether ``change`` is :meth:`Ledger.flush`'s ``("flush", event)``."""
+    return type(change) is tuple and change[0] == "flush"
 
 
 def _insert(connection: sqlite3.Connection, records: list[SlotRecord]) -> None:

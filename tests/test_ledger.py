@@ -185,6 +185,18 @@ def test_a_batch_of_many_slots_is_written_in_the_order_given(tmp_path: Path) -> 
     again.close()
 
 
+def test_a_record_is_a_record_whatever_its_key(tmp_path: Path) -> None:
+    """The writer is sent new records as they are, and its own requests as ``(kind, value)``:
+    a key that spells one of those kinds is still a record."""
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    for key in ("flush", "gone", "forget", "add"):
+        ledger.add(record(key))
+    ledger.flush()
+    assert [key for _, key, _ in written(path)] == ["flush", "gone", "forget", "add"]
+    ledger.close()
+
+
 def test_rows_are_written_where_sqlite_allows_few_parameters(tmp_path: Path) -> None:
     """A SQLite built with a lower limit on a statement's parameters gets fewer rows per INSERT."""
     connection = _connect(str(tmp_path / "ledger.sqlite"))
