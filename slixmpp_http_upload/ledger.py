@@ -30,10 +30,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .domains import normalise_bare, normalise_domain
 from .limits import DAY
@@ -111,8 +111,8 @@ class Ledger:
         self._due = [(record.expires, key) for key, record in self.records.items() if record.expires is not None]
         heapq.heapify(self._due)
         self._watcher: Callable[[float], None] | None = None
-        with self._connection:
-            self._connection.execute(_PRUNE, (time.time() - DAY,))
+        self._connection.execute(_PRUNE, (time.time() - DAY,))
+        self._insert_rows = _insert_rows(self._connection)
         self._next_prune = time.monotonic() + PRUNE_SECONDS
         self._writes: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None  # started by the first change
@@ -234,27 +234,26 @@ class Ledger:
 
     def _write(self, changes: list[_Change]) -> sqlite3.Error | None:
         """Apply ``changes`` in one transaction; SQLite's error (then nothing is applied), if any."""
-        try:
-            with self._connection:
-                added: list[SlotRecord] = []
-                for change in changes:
-                    if type(change) is SlotRecord:
-                        added.append(change)
-                        continue
-                    kind, value = change
-                    _insert(self._connection, added)  # in order: a removal may follow
-                    added.clear()
-                    if kind == "forget":
-                        self._connection.executemany(_DELETE, value)  # type: ignore[arg-type]
-                    elif kind == "gone":
-                        self._connection.executemany(_GONE, value)  # type: ignore[arg-type]
-                if time.monotonic() >= self._next_prune:  # a range of the issued index: once an hour
-                    self._connection.execute(_PRUNE, (time.time() - DAY,))
-                    self._next_prune = time.monotonic() + PRUNE_SECONDS
-                _insert(self._connection, added)
-        except sqlite3.Error as error:
-            return error
-        return None
+        statements: list[_Statement] = []
+        added: list[SlotRecord] = []
+        for change in changes:
+            if type(change) is SlotRecord:
+                added.append(change)
+                continue
+            kind, value = change
+            if kind in ("forget", "gone"):
+                statements += _inserts(added, self._insert_rows)  # in order: a removal may follow
+                added = []
+                statements.append((_DELETE if kind == "forget" else _GONE, value, True))  # type: ignore[arg-type]
+        statements += _inserts(added, self._insert_rows)
+        if time.monotonic() >= self._next_prune:  # a range of the issued index: once an hour
+            statements.append((_PRUNE, (time.time() - DAY,), False))
+            self._next_prune = time.monotonic() + PRUNE_SECONDS
+        return _apply(self._connection, statements)
+
+
+_Statement = tuple[str, Sequence[Any], bool]
+"""SQL, its parameters, and whether those are a sequence of parameters (``executemany``)."""
 
 
 def _is_flush(change: _Change | None) -> bool:
@@ -262,19 +261,27 @@ def _is_flush(change: _Change | None) -> bool:
     return type(change) is tuple and change[0] == "flush"
 
 
-def _insert(connection: sqlite3.Connection, records: list[SlotRecord]) -> None:
-    """Write ``records`` as new rows, in order, by INSERT statements of many rows each: SQLite's
-    work per statement (opening the table and its index, ``AUTOINCREMENT``'s update of
+def _insert_rows(connection: sqlite3.Connection) -> int:
+    """The most rows one INSERT statement takes: :data:`INSERT_ROWS`, or fewer when SQLite allows
+    fewer parameters."""
+    return min(INSERT_ROWS, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(SlotRecord._fields))
+
+
+def _inserts(records: list[SlotRecord], most: int) -> list[_Statement]:
+    """The INSERT statements that write ``records`` as new rows, in order, by many rows each:
+    SQLite's work per statement (opening the table and its index, ``AUTOINCREMENT``'s update of
     ``sqlite_sequence``) and the GIL's hand-off around each step are paid once per statement, not
-    per row. The statements hold :data:`INSERT_ROWS`, then halves of it: the few distinct texts
-    stay prepared in the connection's statement cache."""
-    rows = min(INSERT_ROWS, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(SlotRecord._fields))
+    per row. They hold ``most`` rows, then halves of it: the few distinct texts stay prepared in
+    the connection's statement cache."""
+    statements: list[_Statement] = []
     start = 0
+    rows = most
     while start < len(records):
         while rows > len(records) - start:
             rows //= 2
-        connection.execute(_insert_statement(rows), list(chain.from_iterable(records[start : start + rows])))
+        statements.append((_insert_statement(rows), list(chain.from_iterable(records[start : start + rows])), False))
         start += rows
+    return statements
 
 
 @functools.cache
@@ -284,9 +291,33 @@ def _insert_statement(rows: int) -> str:
     return f"INSERT INTO slots ({_COLUMNS}) VALUES {', '.join([row] * rows)}"
 
 
+def _apply(connection: sqlite3.Connection, statements: list[_Statement]) -> sqlite3.Error | None:
+    """Run ``statements`` as one transaction; SQLite's error (then nothing is applied), if any.
+    A single statement of one set of parameters is a transaction of its own, without BEGIN and
+    COMMIT: each is one more step that lets go of the GIL, which the writer must then win back
+    from the busy event loop."""
+    try:
+        if len(statements) > 1 or any(many for _, _, many in statements):
+            connection.execute("BEGIN")
+        for sql, parameters, many in statements:
+            if many:
+                connection.executemany(sql, parameters)
+            else:
+                connection.execute(sql, parameters)
+        if connection.in_transaction:
+            connection.execute("COMMIT")
+    except sqlite3.Error as error:
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+        return error
+    return None
+
+
 def _connect(path: str) -> sqlite3.Connection:
     """Open (or create, readable by its owner only: it names every user) a ledger file, WAL
-    journal; shared with the writer thread."""
+    journal, each statement a transaction unless begun explicitly; shared with the writer
+    thread."""
     if path != IN_MEMORY:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -295,5 +326,4 @@ def _connect(path: str) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
     connection.executescript(_SCHEMA)
-    connection.isolation_level = "DEFERRED"  # back to implicit transactions: ``with connection`` commits
     return connection

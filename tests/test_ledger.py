@@ -23,7 +23,7 @@ from servers import SeaweedFS, anonymous_request
 from slixmpp_http_upload import Slot, SlotRequest, register_backend
 from slixmpp_http_upload.accounting import Accounting
 from slixmpp_http_upload.config import parse_upload_settings
-from slixmpp_http_upload.ledger import DEFAULT_LEDGER, INSERT_ROWS, Ledger, SlotRecord, _connect, _insert
+from slixmpp_http_upload.ledger import DEFAULT_LEDGER, INSERT_ROWS, Ledger, SlotRecord, _apply, _connect, _insert_rows, _inserts
 from slixmpp_http_upload.limits import DAY, OverLimit
 from slixmpp_http_upload.retention import RETRY_DELAY, sweep
 from slixmpp_http_upload.s3 import S3Backend
@@ -201,10 +201,29 @@ def test_rows_are_written_where_sqlite_allows_few_parameters(tmp_path: Path) -> 
     """A SQLite built with a lower limit on a statement's parameters gets fewer rows per INSERT."""
     connection = _connect(str(tmp_path / "ledger.sqlite"))
     connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 20)  # two rows of eight
-    records = [record(f"k{n}", size=n) for n in range(7)]
-    with connection:
-        _insert(connection, records)
+    assert _insert_rows(connection) == 2
+    statements = _inserts([record(f"k{n}", size=n) for n in range(7)], _insert_rows(connection))
+    assert [len(parameters) for _, parameters, _ in statements] == [16, 16, 16, 8]
+    assert _apply(connection, statements) is None
     assert connection.execute("SELECT key, size FROM slots ORDER BY id").fetchall() == [(f"k{n}", n) for n in range(7)]
+    connection.close()
+
+
+def test_a_batch_that_fails_in_its_last_statement_writes_nothing(tmp_path: Path) -> None:
+    """The statements of a batch are one transaction: one that fails takes back those before it."""
+    connection = _connect(str(tmp_path / "ledger.sqlite"))
+    statements = _inserts([record(f"k{n}") for n in range(3)], 2)
+    statements.append(("INSERT INTO slots (key) VALUES (?)", ["no owner"], False))  # NOT NULL fails
+    error = _apply(connection, statements)
+    assert isinstance(error, sqlite3.IntegrityError)
+    assert not connection.in_transaction
+    assert connection.execute("SELECT count(*) FROM slots").fetchone() == (0,)
+    assert _apply(connection, statements[:-1]) is None
+    assert connection.execute("SELECT count(*) FROM slots").fetchone() == (3,)
+    owners = [("bob@localhost", "k0"), ("bob@localhost", "k1"), (None, "k2")]  # the last: NOT NULL fails
+    failing = ("UPDATE slots SET gone = 1, owner = ? WHERE key = ?", owners, True)
+    assert isinstance(_apply(connection, [failing]), sqlite3.IntegrityError), "many rows: one transaction"
+    assert connection.execute("SELECT count(*) FROM slots WHERE gone = 1").fetchone() == (0,)
     connection.close()
 
 
