@@ -15,9 +15,10 @@ inside a process whose event loop is busy.
                      statement per row: each row lands on a random page of a growing B-tree.
 
 2. With a busy event loop: a real :class:`~slixmpp_http_upload.ledger.Ledger` (its writer
-   thread, a fresh file) while the main thread does ``--work`` µs of Python per slot (about what
-   ``bench/request_path.py`` measures for a whole slot request) and then ``Ledger.add``, for
-   ``--slots`` slots; then ``flush()``. Per slot: the main thread's CPU beyond the same loop
+   thread, a fresh file, records that never expire) while the main thread does ``--work`` µs of
+   Python per slot (about what ``bench/request_path.py`` measures for a whole slot request),
+   then ``Ledger.add``, and after every 16 slots a ``select`` (the event loop between two
+   reads: the GIL let go), for ``--slots`` slots; then ``flush()``. Per slot: the main thread's CPU beyond the same loop
    without a ledger (``add`` and the GIL's hand-offs), the writer thread's CPU (the process's
    minus the main thread's, until flushed), their sum; and how long ``flush()`` took once the
    loop stopped (what the writer had fallen behind: a hard crash loses that much). ``ledger``

@@ -9,11 +9,14 @@ record is found by ``(issued, key)``. Keys are unique (each holds a fresh random
 in the file enforces it, as an index on the random key would cost a random B-tree write per slot.
 A writer thread mirrors each change to the database (WAL journal) in batches of
 :data:`BATCH_SECONDS`, so no request waits for the disk; a batch that could not be written is
-tried again (:data:`RETRY_SECONDS`). A batch's new rows go in by INSERT statements of up to
-:data:`INSERT_ROWS` rows each, not one statement per row: SQLite's work per statement and the
-GIL's hand-off around each step (which the busy event loop's thread must grant) come once per
-hundreds of rows, so the writer keeps up with the loop at ~2.5 µs of CPU per slot
-(``bench/ledger_insert.py``). :meth:`Ledger.flush` waits until
+tried again (:data:`RETRY_SECONDS`). A batch is one transaction, its new rows INSERT statements
+of up to :data:`INSERT_ROWS` rows each (~2 µs of CPU a row, against ~6 µs for a statement per
+row: ``bench/ledger_insert.py``). Few statements matter twice: SQLite works per statement
+(opening the table and its index, ``AUTOINCREMENT``'s ``sqlite_sequence``), and each statement
+lets go of the GIL, which the writer must then win back from the event loop's thread — a busy
+loop lets go of it and takes it back between any two reads, waking the writer each time, so
+every hand-off costs both threads CPU and can keep the writer waiting, behind the slots handed
+out, for seconds under full load. :meth:`Ledger.flush` waits until
 everything asked so far is written. Other processes (``sweep``, ``purge``) may open
 the same file at the same time; what one removes, another's memory still holds until it starts
 again.
