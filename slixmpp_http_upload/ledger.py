@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from .domains import normalise_bare, normalise_domain
 from .limits import DAY
@@ -214,7 +214,7 @@ class Ledger:
             if written or closing:
                 for change in changes:
                     if _is_flush(change):
-                        change[1].set()  # type: ignore[index, union-attr]
+                        cast(threading.Event, change[1]).set()
             if closing:
                 if unwritten:
                     log.error("%d changes to the ledger %s are lost", len(unwritten), self.path)
@@ -243,7 +243,7 @@ class Ledger:
             if type(change) is SlotRecord:
                 added.append(change)
                 continue
-            kind, value = change
+            kind, value = cast(tuple[str, object], change)  # (a SlotRecord is a tuple too)
             if kind in ("forget", "gone"):
                 statements += _inserts(added, self._insert_rows)  # in order: a removal may follow
                 added = []
