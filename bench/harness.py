@@ -315,9 +315,15 @@ def _local_tables(config: Path) -> list[str]:
     ]
 
 
-def ours_process(name: str, config: Path, workdir: Path, processes: int = 1) -> ComponentProcess:
+def ours_process(
+    name: str, config: Path, workdir: Path, processes: int = 1, source: Path | None = None
+) -> ComponentProcess:
+    """``serve`` from this checkout, or from the checkout at ``source`` (another commit's worktree)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     argv = [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config)]
+    if source is not None:  # -P: not the current folder (this checkout) first on the path
+        env["PYTHONPATH"] = str(source)
+        argv[1:1] = ["-P"]
     if processes > 1:
         argv += ["--processes", str(processes)]
     return ComponentProcess(name, argv, workdir, env)

@@ -43,6 +43,7 @@ Run (from the repository root; ~3 minutes with the defaults on a quiet machine):
 
     .venv/bin/python bench/throughput.py                      # ours, own, both ceilings; both servers
     .venv/bin/python bench/throughput.py --servers ejabberd --processes 2   # + serve --processes 2
+    .venv/bin/python bench/throughput.py --targets ours --baseline /tmp/old # A/B: /tmp/old a worktree of an older commit
     .venv/bin/python bench/throughput.py --scaling            # + iqdisc modes, 2 components
     .venv/bin/python bench/throughput.py --users 8 --inflight 32 --requests 50000 --targets ours,ceiling
     .venv/bin/python bench/throughput.py --http-upload 'daily_quota = 1099511627776' \
@@ -89,6 +90,8 @@ SERVERS = ("prosody", "ejabberd")
 SCALED_JID = "upload-scaled.localhost"
 """Ours run as ``serve --processes N`` (``--processes``, through ejabberd only)."""
 SCALING_IQDISCS = ("one_queue", "parallel", "queues:4", "no_queue")
+BASELINE_JID = "upload-baseline.localhost"
+"""Ours from another checkout (``--baseline``), for an A/B in one run."""
 
 class BenchError(RuntimeError):
     """The benchmark could not run as asked, or saw error replies."""
@@ -229,11 +232,14 @@ def ours_target(
     extra: Sequence[str] = (),
     backend: str = "s3",
     processes: int = 1,
+    source: Path | None = None,
 ) -> Target:
     name = jid.partition(".")[0]
     config = harness.write_ours_config(work / f"{name}.toml", server, iqdisc, jid, extra, backend)
     label = f"ours ({iqdisc})" if processes == 1 else f"ours ({iqdisc}, {processes} processes)"
-    return Target(label, jid, harness.ours_process(name, config, work, processes))
+    if source is not None:
+        label = f"baseline: {source.name} ({iqdisc})"
+    return Target(label, jid, harness.ours_process(name, config, work, processes, source))
 
 
 def variant_jid(iqdisc: str) -> str:
@@ -370,6 +376,10 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     scaled = results.get("ours_scaled")
     if ours and scaled:
         out["ours N processes/ours 1 process slots/s"] = scaled["rate"] / ours["rate"]
+    if ours and (baseline := results.get("baseline")):
+        out["ours/baseline slots/s"] = ours["rate"] / baseline["rate"]
+        per, before = ours["cpu_us_per_slot_median"], baseline["cpu_us_per_slot_median"]
+        out["ours/baseline component CPU per slot"] = per["component"] / before["component"]
     for other in ("own", "ceiling", "ceiling_slot"):
         if ours and other in results:
             out[f"ours/{other} slots/s"] = ours["rate"] / results[other]["rate"]
@@ -415,6 +425,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: prosody,ejabberd (default both)")
     parser.add_argument(
         "--processes", type=int, default=1, help="through ejabberd, also ours as serve --processes N (default 1: not)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also ours from this checkout (e.g. `git worktree add /tmp/old COMMIT`), same config: an A/B in one run",
     )
     parser.add_argument("--ejabberd-config", default="", help="extra top-level ejabberd config (YAML)")
     parser.add_argument("--scaling", action="store_true", help="also every iqdisc, and two components on one JID")
@@ -486,10 +501,12 @@ def server_and_client(kind: str, components: dict[str, str], args: argparse.Name
 def run_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every target through one XMPP server, the same load for each; results and ratios."""
     document: dict[str, Any] = {}
-    needs_ours = "ours" in args.target_list or args.scaling or args.processes > 1
+    needs_ours = "ours" in args.target_list or args.scaling or args.processes > 1 or bool(args.baseline)
     variants = [v for v in SCALING_IQDISCS if v != args.iqdisc] if args.scaling and kind == "prosody" else []
     scale_out = args.processes > 1 and kind == "ejabberd"
-    components = {jid: secrets.token_hex(8) for jid in (OURS_JID, CEILING_JID, CEILING_SLOT_JID, SCALED_JID)}
+    components = {
+        jid: secrets.token_hex(8) for jid in (OURS_JID, CEILING_JID, CEILING_SLOT_JID, SCALED_JID, BASELINE_JID)
+    }
     components.update({variant_jid(v): secrets.token_hex(8) for v in variants})
     targets: dict[str, Target] = {}
     with server_and_client(kind, components, args) as (server, client, work):
@@ -516,6 +533,11 @@ def run_server(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                     server, work, args.iqdisc, SCALED_JID, args.http_upload, args.backend, args.processes
                 )
                 keys.append("ours_scaled")
+            if args.baseline:
+                targets["baseline"] = ours_target(
+                    server, work, args.iqdisc, BASELINE_JID, args.http_upload, args.backend, source=args.baseline
+                )
+                keys.append("baseline")
             start_components(client, list(targets.values()))
             print(
                 f"{kind} pid {server.pid}, load client pid {client.pid}: K={args.users} connections × "
