@@ -76,8 +76,19 @@ def canonical_request(
 
 
 def string_to_sign(date: str, scope: str, request: str) -> str:
-    digest = hashlib.sha256(request.encode()).hexdigest()
+    digest = _sha256(request.encode()).hexdigest()
     return f"{ALGORITHM}\n{date}\n{scope}\n{digest}"
+
+
+def _sha256(data: bytes) -> Any:
+    """``hashlib.sha256(data)``, from a copy of an empty one: OpenSSL 3 looks the algorithm up
+    by name for each new hash object, a copy skips that."""
+    digest = _EMPTY_SHA256.copy()
+    digest.update(data)
+    return digest
+
+
+_EMPTY_SHA256 = hashlib.sha256()
 
 
 def signing_key(secret_access_key: str, day: str, region: str, service: str) -> bytes:

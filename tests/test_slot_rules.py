@@ -139,3 +139,7 @@ def test_slot_refuses_urls_that_are_not_printable_ascii(url):
         Slot(url, "https://h/p")
     with pytest.raises(ValueError, match="a slot URL must be printable ASCII without spaces"):
         Slot("https://h/p", url)
+    with pytest.raises(ValueError, match="a slot URL must be printable ASCII without spaces"):
+        Slot(url, url)  # the same URL for both: still checked
+    with pytest.raises(ValueError, match="a slot URL must be printable ASCII without spaces"):
+        Slot(url + "?q", url)  # a GET URL where the PUT URL starts: checked through it
