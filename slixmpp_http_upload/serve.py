@@ -118,7 +118,6 @@ def configure_logging(verbose: bool, worker: bool = False) -> None:
 
 
 async def _serve(config: Config, standby: bool = True) -> int:
-    component = config.component
     backend = create_backend(config.http_upload)
     ledger = open_ledger(config.http_upload)
     log.info("ledger %s: %d files recorded", ledger.path, len(ledger.records))
