@@ -23,6 +23,9 @@ _REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 MAX_FILENAME_BYTES = 255
 MAX_SIZE_DIGITS = 20
+MAX_SIZE = 2**63 - 1
+"""The largest size a request may declare, whatever ``max_file_size``: the largest integer SQLite
+stores (the ledger writes each slot's size)."""
 MAX_CONTENT_TYPE_LENGTH = 255
 
 
@@ -140,6 +143,8 @@ def check_size(size: str | int | None) -> int:
         raise BadRequest("The size is missing or not a positive decimal integer.")
     if value < 1:
         raise BadRequest("The size is missing or not a positive decimal integer.")
+    if value > MAX_SIZE:
+        raise BadRequest("The size is larger than any file can be.")
     return value
 
 

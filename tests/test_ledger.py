@@ -27,6 +27,7 @@ from slixmpp_http_upload.ledger import DEFAULT_LEDGER, INSERT_ROWS, Ledger, Slot
 from slixmpp_http_upload.limits import DAY, OverLimit
 from slixmpp_http_upload.retention import RETRY_DELAY, sweep
 from slixmpp_http_upload.s3 import S3Backend
+from slixmpp_http_upload.slot import BadRequest, make_request
 
 NOW = 1_800_000_000.0
 
@@ -225,6 +226,23 @@ def test_a_batch_that_fails_in_its_last_statement_writes_nothing(tmp_path: Path)
     assert isinstance(_apply(connection, [failing]), sqlite3.IntegrityError), "many rows: one transaction"
     assert connection.execute("SELECT count(*) FROM slots WHERE gone = 1").fetchone() == (0,)
     connection.close()
+
+
+def test_no_slot_declares_a_size_the_ledger_cannot_write(tmp_path: Path) -> None:
+    """With no size limit (``max_file_size = "infinity"``) a request may declare a size up to the
+    largest integer SQLite stores, no more: a record it cannot write would stop the writer thread
+    for good (no later slot written, ``flush`` waiting forever)."""
+    with pytest.raises(BadRequest, match="^The size is larger than any file can be.$"):
+        make_request("f.txt", str(2**63), None, domain=DOMAIN, max_file_size=None)
+    largest = make_request("f.txt", str(2**63 - 1), None, domain=DOMAIN, max_file_size=None)
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.add(record("largest", size=largest.size))
+    ledger.add(record("after"))
+    ledger.close()
+    again = Ledger(path)
+    assert again.records == {"largest": record("largest", size=2**63 - 1), "after": record("after")}
+    again.close()
 
 
 def test_a_ledger_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
