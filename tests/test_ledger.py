@@ -228,6 +228,30 @@ def test_a_batch_that_fails_in_its_last_statement_writes_nothing(tmp_path: Path)
     connection.close()
 
 
+def test_a_batch_refused_by_a_lock_is_written_once_the_lock_is_gone(tmp_path: Path) -> None:
+    """Another process (``purge``, ``sweep``, a worker of ``serve --processes``) holding the write
+    lock past the wait: the batch fails whole, leaves no transaction open, and its retry writes
+    each row once, a removal after the rows it follows."""
+    path = tmp_path / "ledger.sqlite"
+    connection = _connect(str(path))
+    connection.execute("PRAGMA busy_timeout = 0")  # the writer waits 30 s; the failure is the same
+    statements = _inserts([record(f"k{n}", size=n) for n in range(INSERT_ROWS + 3)], INSERT_ROWS)
+    statements.append(("UPDATE slots SET gone = 1 WHERE issued = ? AND key = ?", [(NOW, "k1")], True))
+    other = sqlite3.connect(path, isolation_level=None)
+    for batch in (statements, statements[:1]):  # a transaction, and a statement of its own
+        other.execute("BEGIN IMMEDIATE")
+        error = _apply(connection, batch)
+        assert isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        assert not connection.in_transaction
+        other.execute("ROLLBACK")
+        assert connection.execute("SELECT count(*) FROM slots").fetchone() == (0,)
+    assert _apply(connection, statements) is None
+    other.close()
+    connection.close()
+    assert [key for _, key, _ in written(path)] == [f"k{n}" for n in range(INSERT_ROWS + 3)]
+    assert [key for _, key, gone in written(path) if gone] == ["k1"]
+
+
 def test_no_slot_declares_a_size_the_ledger_cannot_write(tmp_path: Path) -> None:
     """With no size limit (``max_file_size = "infinity"``) a request may declare a size up to the
     largest integer SQLite stores, no more: a record it cannot write would stop the writer thread
