@@ -266,8 +266,9 @@ def _is_flush(change: _Change | None) -> bool:
 
 def _insert_rows(connection: sqlite3.Connection) -> int:
     """The most rows one INSERT statement takes: :data:`INSERT_ROWS`, or fewer when SQLite allows
-    fewer parameters."""
-    return min(INSERT_ROWS, connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(SlotRecord._fields))
+    fewer parameters (at least one: a build that cannot take one row fails its writes, loudly)."""
+    rows = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(SlotRecord._fields)
+    return max(1, min(INSERT_ROWS, rows))
 
 
 def _inserts(records: list[SlotRecord], most: int) -> list[_Statement]:

@@ -210,6 +210,16 @@ def test_rows_are_written_where_sqlite_allows_few_parameters(tmp_path: Path) -> 
     connection.close()
 
 
+def test_a_sqlite_that_cannot_take_one_row_fails_its_writes_instead_of_hanging(tmp_path: Path) -> None:
+    connection = _connect(str(tmp_path / "ledger.sqlite"))
+    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 5)  # fewer than one row's eight
+    assert _insert_rows(connection) == 1
+    statements = _inserts([record("k0"), record("k1")], _insert_rows(connection))
+    assert len(statements) == 2
+    assert isinstance(_apply(connection, statements), sqlite3.Error)
+    connection.close()
+
+
 def test_a_batch_that_fails_in_its_last_statement_writes_nothing(tmp_path: Path) -> None:
     """The statements of a batch are one transaction: one that fails takes back those before it."""
     connection = _connect(str(tmp_path / "ledger.sqlite"))
