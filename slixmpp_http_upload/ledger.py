@@ -200,8 +200,9 @@ class Ledger:
 
     def _write_loop(self) -> None:
         unwritten: list[_Change] = []  # what a failed write left, oldest first
+        retry_at = 0.0  # time.monotonic() of the next try after a failed write
         while True:
-            batch = self._next_batch(RETRY_SECONDS if unwritten else None)
+            batch = self._gather_until(retry_at) if unwritten else self._next_batch()
             closing = None in batch
             changes = unwritten + [change for change in batch if change is not None]
             error = self._write(changes)
@@ -211,6 +212,7 @@ class Ledger:
             elif written and unwritten:
                 log.warning("The ledger %s is written again", self.path)
             unwritten = [] if written else changes
+            retry_at = time.monotonic() + RETRY_SECONDS
             if written or closing:
                 for change in changes:
                     if _is_flush(change):
@@ -221,14 +223,28 @@ class Ledger:
                 self._connection.close()
                 return
 
-    def _next_batch(self, timeout: float | None) -> list[_Change | None]:
-        """The changes queued within :data:`BATCH_SECONDS` of the first (none after ``timeout``)."""
-        try:
-            batch = [self._writes.get(timeout=timeout)]
-        except queue.Empty:
-            return []
+    def _next_batch(self) -> list[_Change | None]:
+        """The changes queued within :data:`BATCH_SECONDS` of the first."""
+        batch = [self._writes.get()]
         if not _is_flush(batch[0]):
             time.sleep(BATCH_SECONDS)
+        return self._queued(batch)
+
+    def _gather_until(self, moment: float) -> list[_Change | None]:
+        """After a failed write: the changes queued until ``moment`` (``time.monotonic()``), or
+        until :meth:`close` asks, so that the retries of a long outage come every
+        :data:`RETRY_SECONDS` however busy the service, each with everything kept so far."""
+        batch: list[_Change | None] = []
+        while (left := moment - time.monotonic()) > 0:
+            try:
+                batch.append(self._writes.get(timeout=left))
+            except queue.Empty:
+                break
+            if batch[-1] is None:
+                break
+        return self._queued(batch)
+
+    def _queued(self, batch: list[_Change | None]) -> list[_Change | None]:
         while True:  # everything queued meanwhile goes in the same transaction
             try:
                 batch.append(self._writes.get_nowait())

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -155,6 +156,36 @@ def test_records_a_full_disk_refused_are_written_once_there_is_room(tmp_path: Pa
         assert [key for _, key, _ in written(path)] == ["before", *(f"while-full-{n:03}" for n in range(200))]
     assert f"Could not write the ledger {path} (database or disk is full); trying again every 1 s" in caplog.text
     assert f"The ledger {path} is written again" in caplog.text
+
+
+def test_a_long_outage_is_retried_every_second_however_busy_the_service(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While writes fail and slots keep coming, the writer tries again every ``RETRY_SECONDS``
+    (with everything kept so far), not with each new batch: each try rebuilds the whole backlog."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    write = ledger._write
+    tries: list[int] = []
+    outage = True
+
+    def failing(changes: list[Any]) -> sqlite3.Error | None:
+        tries.append(len(changes))
+        return sqlite3.OperationalError("database or disk is full") if outage else write(changes)
+
+    ledger._write = failing  # type: ignore[method-assign]
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < 2.5:  # a slot every 10 ms: a new batch every 50 ms
+        ledger.add(record(f"k{n:04}", size=n))
+        n += 1
+        time.sleep(0.01)
+    assert 2 <= len(tries) <= 4, tries  # the first failure, then one try a second
+    assert tries == sorted(tries)  # each with everything kept so far
+    outage = False
+    ledger.flush()
+    ledger.close()
+    assert [key for _, key, _ in written(tmp_path / "ledger.sqlite")] == [f"k{i:04}" for i in range(n)]
+    assert "is written again" in caplog.text
 
 
 def test_a_batch_of_many_slots_is_written_in_the_order_given(tmp_path: Path) -> None:
