@@ -205,7 +205,12 @@ class Ledger:
             batch = self._gather_until(retry_at) if unwritten else self._next_batch()
             closing = None in batch
             changes = unwritten + [change for change in batch if change is not None]
-            error = self._write(changes)
+            error: Exception | None
+            try:
+                error = self._write(changes)
+            except Exception as failure:  # a bug, not the file: keep the changes, as for a full disk
+                log.exception("The ledger's writer failed on %d changes", len(changes))
+                error = failure
             written = error is None
             if not written and not unwritten:
                 log.error("Could not write the ledger %s (%s); trying again every %g s", self.path, error, RETRY_SECONDS)

@@ -188,6 +188,28 @@ def test_a_long_outage_is_retried_every_second_however_busy_the_service(
     assert "is written again" in caplog.text
 
 
+def test_a_writer_that_raises_keeps_its_changes_and_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Anything but SQLite's own errors (a bug) must not end the writer thread: its changes are
+    kept and written at the next try, and ``flush`` returns."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    write = ledger._write
+    raised: list[bool] = []
+
+    def buggy(changes: list[Any]) -> sqlite3.Error | None:
+        if not raised:
+            raised.append(True)
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return write(changes)
+
+    ledger._write = buggy  # type: ignore[method-assign]
+    ledger.add(record("first"))
+    ledger.add(record("second"))
+    ledger.flush()  # returns: the writer is alive and wrote both at its next try
+    ledger.close()
+    assert [key for _, key, _ in written(tmp_path / "ledger.sqlite")] == ["first", "second"]
+    assert "The ledger's writer failed on" in caplog.text and "is written again" in caplog.text
+
+
 def test_a_batch_of_many_slots_is_written_in_the_order_given(tmp_path: Path) -> None:
     """More new rows in one batch than one INSERT statement holds, a removal among them: every row
     is written, ``id`` in the order of the slots, and an ``id`` is never given again (``served``
