@@ -8,6 +8,7 @@ refuse: for good with a reason (``auth/forbidden``), or for now with a :class:`T
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,21 +44,14 @@ class AccessRules:
         self.served_domain = normalise_domain(served_domain)
         self.allow = allow
         self.deny = deny
-        self._known: dict[str, JID | None] = {}
-
-    def requester(self, address: str) -> JID | None:
+        self.requester: Callable[[str], JID | None] = functools.lru_cache(maxsize=KNOWN_REQUESTERS)(self._requester)
         """The JID of the sender ``address`` (as written in the request) if :meth:`permits` it,
-        else None; the answer is remembered for up to :data:`KNOWN_REQUESTERS` addresses, as the
-        same users ask again and again."""
-        try:
-            return self._known[address]
-        except KeyError:
-            pass
+        else None; remembered for the last :data:`KNOWN_REQUESTERS` addresses, as the same
+        users ask again and again."""
+
+    def _requester(self, address: str) -> JID | None:
         jid = JID(address)
-        if len(self._known) >= KNOWN_REQUESTERS:
-            self._known.clear()
-        self._known[address] = answer = jid if self.permits(jid) else None
-        return answer
+        return jid if self.permits(jid) else None
 
     def permits(self, requester: JID) -> bool:
         domain = normalise_domain(requester.domain)

@@ -36,6 +36,7 @@ payloads beside it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from itertools import islice
 from xml.etree import ElementTree as ET
@@ -72,7 +73,6 @@ class StreamGuard:
         self.xmpp = xmpp
         self.served = payloads | DISCO_QUERIES
         self.iq_tag = f"{{{xmpp.default_ns}}}iq"
-        self._valid: set[str] = set()
         self.requests = payloads
         self.writer = ReplyWriter(xmpp, self.outgoing)
         """How this stream's replies are sent (the plugin's too)."""
@@ -96,7 +96,7 @@ class StreamGuard:
     def _check(self, stanza: StanzaBase) -> StanzaBase | None:
         xml = stanza.xml
         request = xml.tag == self.iq_tag and xml.get("type") in REQUESTS
-        if not (self._is_jid(xml.get("from")) and self._is_jid(xml.get("to"))):
+        if not (_is_jid(xml.get("from")) and _is_jid(xml.get("to"))):
             return self._refuse(stanza, request, "modify", "jid-malformed", "malformed address")
         if request and len(xml) == 1 and (payload := xml[0]).tag in self.served:  # the usual case
             if len(payload) and len(list(islice(xml.iter(), MAX_ELEMENTS + 1))) > MAX_ELEMENTS:
@@ -122,23 +122,9 @@ class StreamGuard:
             and len(xml) == 1
             and xml[0].tag in self.requests
             and xml.get("to") == self.xmpp.boundjid.full
-            and self._is_jid(xml.get("from"))
+            and _is_jid(xml.get("from"))
             and (not len(xml[0]) or len(list(islice(xml.iter(), MAX_ELEMENTS + 1))) <= MAX_ELEMENTS)
         )
-
-    def _is_jid(self, text: str | None) -> bool:
-        """Whether ``text`` is absent or a valid JID; the valid ones are remembered (up to
-        :data:`KNOWN_JIDS` of them: the service's own and its busiest users')."""
-        if not text or text in self._valid:
-            return True
-        try:
-            JID(text)
-        except InvalidJID:
-            return False
-        if len(self._valid) >= KNOWN_JIDS:
-            self._valid.clear()
-        self._valid.add(text)
-        return True
 
     def _refuse(
         self, stanza: StanzaBase, request: bool, error_type: str, condition: str, why: str
@@ -161,6 +147,19 @@ class StreamGuard:
             return stanza
         self.xmpp.send_raw(written_form(stanza, self.xmpp))
         return None
+
+
+@functools.lru_cache(maxsize=KNOWN_JIDS)
+def _is_jid(text: str | None) -> bool:
+    """Whether ``text`` is absent or a valid JID; remembered for the last :data:`KNOWN_JIDS`
+    addresses (the service's own and its busiest users')."""
+    if not text:
+        return True
+    try:
+        JID(text)
+    except InvalidJID:
+        return False
+    return True
 
 
 def _deeper_than(element: ET.Element, limit: int) -> bool:

@@ -20,6 +20,7 @@ attributes instead of ``copy.copy(self)`` followed by ``clear()``), and
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Protocol
 from xml.etree import ElementTree as ET
 
@@ -46,7 +47,6 @@ class Received(NamedTuple):
 
 KNOWN_ADDRESSES = 1024
 """How many escaped JIDs :func:`escape_address` remembers."""
-_escaped_addresses: dict[str, str] = {}
 
 CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 """What a parser would read as a space in an attribute value, as character references."""
@@ -89,15 +89,11 @@ def result_xml(request: Request, payload: str) -> str:
     return f"{head}>{payload}</iq>"
 
 
+@functools.lru_cache(maxsize=KNOWN_ADDRESSES)
 def escape_address(address: str) -> str:
-    """:func:`escape_attribute` of a JID, remembered (up to :data:`KNOWN_ADDRESSES` of them):
-    the service's own and its users' come back in every reply."""
-    escaped = _escaped_addresses.get(address)
-    if escaped is None:
-        if len(_escaped_addresses) >= KNOWN_ADDRESSES:
-            _escaped_addresses.clear()
-        escaped = _escaped_addresses[address] = escape_attribute(address)
-    return escaped
+    """:func:`escape_attribute` of a JID, remembered for the last :data:`KNOWN_ADDRESSES`: the
+    service's own and its users' come back in every reply."""
+    return escape_attribute(address)
 
 
 def escape_attribute(value: str) -> str:

@@ -38,9 +38,10 @@ def test_requester_is_the_jid_when_permitted(rules: AccessRules, address: str, a
         assert (found == JID(address)) if allowed else found is None
 
 
-def test_remembered_answers_are_bounded(rules: AccessRules, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(access, "KNOWN_REQUESTERS", 10)
-    for n in range(35):
+def test_remembered_answers_are_bounded(rules: AccessRules) -> None:
+    for n in range(access.KNOWN_REQUESTERS + 35):
         assert rules.requester(f"user{n}@example.org/r") == JID(f"user{n}@example.org/r")
-    assert len(rules._known) <= 10
+    assert rules.requester.cache_info().currsize == access.KNOWN_REQUESTERS  # type: ignore[attr-defined]
     assert rules.requester("troll@example.org/r") is None
+    assert rules.requester("troll@example.org/r") is None
+    assert rules.requester.cache_info().hits >= 1  # type: ignore[attr-defined]
