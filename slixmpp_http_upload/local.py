@@ -20,7 +20,6 @@ import asyncio
 import base64
 import functools
 import hmac
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from .filestore import FileStore
 from .options import ConfigError, Option, parse_table, text
 from .sigv4 import HmacSha256, uri_encode
 from .slot import Slot, SlotRequest, object_name
+from .tokens import token_hex
 
 if TYPE_CHECKING:
     from .config import UploadSettings
@@ -147,7 +147,7 @@ class LocalBackend:
 
     def make_slot(self, request: SlotRequest, now: float | None = None) -> Slot:
         """A fresh token's GET URL and the PUT URL signed for ``request``."""
-        token = secrets.token_hex(self.token_bytes)
+        token = token_hex(self.token_bytes)
         name = object_name(request.filename)
         expires = int(time.time() if now is None else now) + self.expiration_time
         if request.expires is not None:  # no upload may bring back a file after its expiry

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import re
-import secrets
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from .credentials import AwsChainCredentials, CredentialsProvider, StaticCredent
 from .options import REQUIRED, Check, ConfigError, Option, boolean, integer, one_of, parse_table, text
 from .sigv4 import MAX_EXPIRES, Credentials, Presigner, canonical_headers, uri_encode
 from .slot import Slot, SlotRequest, object_name
+from .tokens import token_hex
 
 if TYPE_CHECKING:
     from .config import UploadSettings
@@ -195,7 +195,7 @@ class S3Backend:
         signed with the credentials last taken (:meth:`create_slot` takes the current ones). With
         :attr:`redirect_from`, the GET URL is the same path on the built-in HTTP server instead."""
         name = uri_encode(object_name(request.filename))
-        object_path = f"/{secrets.token_hex(self.token_bytes)}/{name}"
+        object_path = f"/{token_hex(self.token_bytes)}/{name}"
         key_path = self.bucket.path + object_path
         object_url = self.bucket.origin + key_path
         get_url = object_url if self.redirect_from is None else self.redirect_from + object_path
