@@ -50,6 +50,8 @@ BATCH_SECONDS = 0.05
 """The writer gathers the changes of this long into one transaction."""
 PRUNE_SECONDS = 3600
 """How often the writer drops the records gone for more than a day."""
+LOCK_SECONDS = 30.0
+"""How long a statement, and opening the file, waits for a lock that another process holds."""
 RETRY_SECONDS = 1.0
 """A write that failed (disk full, the file locked too long) is tried again this often, with
 the changes that came meanwhile; they stay in memory until then."""
@@ -346,9 +348,19 @@ def _connect(path: str) -> sqlite3.Connection:
     if path != IN_MEMORY:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    connection = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
-    if path != IN_MEMORY:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-    connection.executescript(_SCHEMA)
-    return connection
+    connection = sqlite3.connect(path, timeout=LOCK_SECONDS, check_same_thread=False, isolation_level=None)
+    deadline = time.monotonic() + LOCK_SECONDS
+    while True:
+        try:
+            if path != IN_MEMORY:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            return connection
+        except sqlite3.OperationalError as error:
+            # a new file that another process sets up at the same moment (``serve --processes``):
+            # turning it to WAL takes a lock that SQLite does not wait for
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                connection.close()
+                raise
+            time.sleep(0.01)

@@ -10,6 +10,7 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -313,6 +314,25 @@ def test_a_batch_refused_by_a_lock_is_written_once_the_lock_is_gone(tmp_path: Pa
     connection.close()
     assert [key for _, key, _ in written(path)] == [f"k{n}" for n in range(INSERT_ROWS + 3)]
     assert [key for _, key, gone in written(path) if gone] == ["k1"]
+
+
+def test_a_new_file_another_process_holds_is_opened_once_it_lets_go(tmp_path: Path) -> None:
+    """Turning a new file to WAL takes a lock SQLite does not wait for: two ``serve`` processes
+    starting on one new ledger at the same moment made one of them fail ("database is locked",
+    exit 2). Opening now waits for the other, as every statement does."""
+    path = tmp_path / "ledger.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE setting_up (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO setting_up VALUES (1)")
+    letting_go = threading.Timer(0.3, other.execute, ("COMMIT",))
+    letting_go.start()
+    ledger = Ledger(path)
+    letting_go.join()
+    other.close()
+    ledger.add(record("k"))
+    ledger.close()
+    assert [key for _, key, _ in written(path)] == ["k"]
 
 
 def test_no_slot_declares_a_size_the_ledger_cannot_write(tmp_path: Path) -> None:
