@@ -282,6 +282,7 @@ def write_ours_config(
                 "[http_upload]",
                 f'host = "{name}.@HOST@"',
                 f"iqdisc = {iqdisc_toml(iqdisc)}",
+                f'ledger = "{name}-ledger.sqlite"',  # each service its own (they share a folder)
                 *extra,
                 "",
                 *(_local_tables(path) if backend == "local" else _s3_table()),

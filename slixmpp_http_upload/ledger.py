@@ -180,8 +180,9 @@ class Ledger:
         return self._due[0][0] if self._due else None
 
     def flush(self) -> None:
-        """Wait until every change so far is in the file."""
-        if self._writer is not None:
+        """Wait until every change so far is in the file (after :meth:`close`, return at once:
+        nothing is written any more)."""
+        if self._writer is not None and self._writer.is_alive():
             done = threading.Event()
             self._writes.put(("flush", done))
             done.wait()

@@ -154,7 +154,7 @@ class LocalBackend:
             expires = min(expires, int(request.expires))
         get_url = f"{self.public_url}/{token}/{uri_encode(name)}"
         query = self.signer.put_query(token, name, request.size, request.content_type, expires)
-        return Slot(put_url=f"{get_url}?{query}", get_url=get_url, key=token)
+        return Slot(f"{get_url}?{query}", get_url, key=token)
 
     async def delete(self, keys: Sequence[str]) -> list[str]:
         """Remove the uploads of the tokens ``keys`` (those absent are gone already)."""

@@ -199,7 +199,7 @@ class S3Backend:
         key_path = self.bucket.path + object_path
         object_url = self.bucket.origin + key_path
         get_url = object_url if self.redirect_from is None else self.redirect_from + object_path
-        return Slot(put_url=f"{object_url}?{self.put_query(key_path, request, now)}", get_url=get_url, key=key_path)
+        return Slot(f"{object_url}?{self.put_query(key_path, request, now)}", get_url, key=key_path)
 
     def put_query(self, key_path: str, request: SlotRequest, now: float | None = None) -> str:
         """The presigned query string of the PUT of ``request`` to the encoded ``key_path``,

@@ -167,14 +167,14 @@ class Presigner:
         headers the client must send (``host`` included); ``extra_params`` are further values
         to enforce through the query string, such as ``x-amz-acl``.
         """
-        self._set_time(int(time.time() if now is None else now))
+        second = int(time.time() if now is None else now)
+        if second != self._second:
+            self._set_time(second)
         query = self._query(signed_headers, expires, extra_params)
         request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
         return f"{query}&X-Amz-Signature={signature(self._key, string_to_sign(self._date, self._scope, request))}"
 
     def _set_time(self, second: int) -> None:
-        if second == self._second:
-            return
         date = amz_date(second)
         if date[:8] != self._date[:8]:
             day = date[:8]

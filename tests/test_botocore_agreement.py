@@ -125,7 +125,7 @@ def test_put_url_equals_botocore(bucket, filename, size, content_type, region, c
         return token.hex()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(s3.secrets, "token_hex", token_hex)
+        patch.setattr(s3, "token_hex", token_hex)
         slot = backend.make_slot(request, now=now)
 
     object_url = f"{origin}{prefix}/{token.hex()}/{percent_encode(object_name(filename), safe='')}"

@@ -316,6 +316,17 @@ def test_a_batch_refused_by_a_lock_is_written_once_the_lock_is_gone(tmp_path: Pa
     assert [key for _, key, gone in written(path) if gone] == ["k1"]
 
 
+def test_flush_after_close_returns(tmp_path: Path) -> None:
+    """It waited forever for a writer that had ended."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add(record("k"))
+    ledger.close()
+    flushing = threading.Thread(target=ledger.flush, daemon=True)
+    flushing.start()
+    flushing.join(timeout=10)
+    assert not flushing.is_alive()
+
+
 def test_a_new_file_another_process_holds_is_opened_once_it_lets_go(tmp_path: Path) -> None:
     """Turning a new file to WAL takes a lock SQLite does not wait for: two ``serve`` processes
     starting on one new ledger at the same moment made one of them fail ("database is locked",
