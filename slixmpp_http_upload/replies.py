@@ -46,7 +46,7 @@ class Received(NamedTuple):
 
 
 KNOWN_ADDRESSES = 1024
-"""How many escaped JIDs :func:`escape_address` remembers."""
+"""How many pairs of escaped addresses :func:`result_xml` remembers."""
 
 CHARACTER_REFERENCES = str.maketrans({"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 """What a parser would read as a space in an attribute value, as character references."""
@@ -78,22 +78,22 @@ def error(
 
 def result_xml(request: Request, payload: str) -> str:
     """The text of :func:`result` to ``request`` carrying ``payload`` (the XML text of one element)."""
-    ident, ours, theirs = _addresses(request)
-    head = '<iq type="result"'
-    if ident is not None:
-        head += f' id="{escape_attribute(ident)}"'
-    if ours:
-        head += f' from="{escape_address(ours)}"'
-    if theirs:
-        head += f' to="{escape_address(theirs)}"'
-    return f"{head}>{payload}</iq>"
+    received = request.xml
+    ident = received.get("id")
+    ours = received.get("to") if getattr(request.stream, "is_component", False) else None
+    addressed = _addressed(ours, received.get("from"))
+    if ident is None:
+        return f'<iq type="result"{addressed}>{payload}</iq>'
+    return f'<iq type="result" id="{escape_attribute(ident)}"{addressed}>{payload}</iq>'
 
 
 @functools.lru_cache(maxsize=KNOWN_ADDRESSES)
-def escape_address(address: str) -> str:
-    """:func:`escape_attribute` of a JID, remembered for the last :data:`KNOWN_ADDRESSES`: the
-    service's own and its users' come back in every reply."""
-    return escape_attribute(address)
+def _addressed(ours: str | None, theirs: str | None) -> str:
+    """The ``from`` and ``to`` attributes of a reply, as text, remembered for the last
+    :data:`KNOWN_ADDRESSES` pairs: the service's own address and its users' come back in every
+    reply."""
+    text = f' from="{escape_attribute(ours)}"' if ours else ""
+    return f'{text} to="{escape_attribute(theirs)}"' if theirs else text
 
 
 def escape_attribute(value: str) -> str:
