@@ -76,16 +76,9 @@ def canonical_request(
 
 
 def string_to_sign(date: str, scope: str, request: str) -> str:
-    digest = _sha256(request.encode()).hexdigest()
-    return f"{ALGORITHM}\n{date}\n{scope}\n{digest}"
-
-
-def _sha256(data: bytes) -> Any:
-    """``hashlib.sha256(data)``, from a copy of an empty one: OpenSSL 3 looks the algorithm up
-    by name for each new hash object, a copy skips that."""
-    digest = _EMPTY_SHA256.copy()
-    digest.update(data)
-    return digest
+    digest = _EMPTY_SHA256.copy()  # OpenSSL 3 looks "sha256" up for each new hash object; a copy does not
+    digest.update(request.encode())
+    return f"{ALGORITHM}\n{date}\n{scope}\n{digest.hexdigest()}"
 
 
 _EMPTY_SHA256 = hashlib.sha256()
@@ -114,22 +107,19 @@ class HmacSha256:
         self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
 
     def digest(self, message: bytes) -> bytes:
-        return self._outer_of(message).digest()
-
-    def hexdigest(self, message: bytes) -> str:
-        return self._outer_of(message).hexdigest()
-
-    def _outer_of(self, message: bytes) -> Any:
         inner = self._inner.copy()
         inner.update(message)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        return outer
+        return outer.digest()
+
+    def hexdigest(self, message: bytes) -> str:
+        return self.digest(message).hex()
 
 
 def signature(key: HmacSha256, to_sign: str) -> str:
     """Hex HMAC-SHA256 of ``to_sign`` with the signing key."""
-    return key.hexdigest(to_sign.encode())
+    return key.digest(to_sign.encode()).hex()
 
 
 class Presigner:
@@ -170,7 +160,9 @@ class Presigner:
         second = int(time.time() if now is None else now)
         if second != self._second:
             self._set_time(second)
-        query = self._query(signed_headers, expires, extra_params)
+        query = self._queries.get((signed_headers, expires, extra_params)) or self._query(
+            signed_headers, expires, extra_params
+        )
         request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
         return f"{query}&X-Amz-Signature={signature(self._key, string_to_sign(self._date, self._scope, request))}"
 
@@ -184,20 +176,19 @@ class Presigner:
         self._queries.clear()
 
     def _query(self, signed_headers: str, expires: int, extra_params: tuple[tuple[str, str], ...]) -> str:
-        cache_key = (signed_headers, expires, extra_params)
-        query = self._queries.get(cache_key)
-        if query is None:
-            params = [
-                ("X-Amz-Algorithm", ALGORITHM),
-                ("X-Amz-Credential", f"{self.credentials.access_key_id}/{self._scope}"),
-                ("X-Amz-Date", self._date),
-                ("X-Amz-Expires", str(expires)),
-                ("X-Amz-SignedHeaders", signed_headers),
-                *extra_params,
-            ]
-            if self.credentials.session_token:
-                params.append(("X-Amz-Security-Token", self.credentials.session_token))
-            query = self._queries[cache_key] = canonical_query_string(params)
+        """The canonical query string without the signature, made once a second for each
+        signed-header list, expiry and extra parameters (:meth:`presign` looks in the cache first)."""
+        params = [
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", f"{self.credentials.access_key_id}/{self._scope}"),
+            ("X-Amz-Date", self._date),
+            ("X-Amz-Expires", str(expires)),
+            ("X-Amz-SignedHeaders", signed_headers),
+            *extra_params,
+        ]
+        if self.credentials.session_token:
+            params.append(("X-Amz-Security-Token", self.credentials.session_token))
+        query = self._queries[(signed_headers, expires, extra_params)] = canonical_query_string(params)
         return query
 
 
