@@ -51,7 +51,10 @@ BATCH_SECONDS = 0.05
 PRUNE_SECONDS = 3600
 """How often the writer drops the records gone for more than a day."""
 LOCK_SECONDS = 30.0
-"""How long a statement, and opening the file, waits for a lock that another process holds."""
+"""How long a statement waits for a lock that another process holds; opening the file tries
+again until this long has passed (so it may wait up to about twice this)."""
+FLUSH_CHECK_SECONDS = 0.5
+""":meth:`Ledger.flush` checks this often that the writer is still there to answer it."""
 RETRY_SECONDS = 1.0
 """A write that failed (disk full, the file locked too long) is tried again this often, with
 the changes that came meanwhile; they stay in memory until then."""
@@ -121,15 +124,16 @@ class Ledger:
         self._next_prune = time.monotonic() + PRUNE_SECONDS
         self._writes: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None  # started by the first change
+        self._closed = False
 
     def add(self, record: SlotRecord) -> None:
         """Record a slot (written to the file soon after)."""
+        self._send(record)
         self.records[record.key] = record
         if record.expires is not None:
             heapq.heappush(self._due, (record.expires, record.key))
             if self._watcher is not None:
                 self._watcher(record.expires)
-        self._send(record)
 
     def watch(self, watcher: Callable[[float], None]) -> None:
         """Have ``watcher(expires)`` called for each new record that expires."""
@@ -180,22 +184,32 @@ class Ledger:
         return self._due[0][0] if self._due else None
 
     def flush(self) -> None:
-        """Wait until every change so far is in the file (after :meth:`close`, return at once:
-        nothing is written any more)."""
-        if self._writer is not None and self._writer.is_alive():
-            done = threading.Event()
-            self._writes.put(("flush", done))
-            done.wait()
+        """Wait until every change so far is in the file (once closed, or closing, return as soon
+        as the writer has ended: nothing is written any more)."""
+        writer = self._writer
+        if writer is None or self._closed:
+            return
+        done = threading.Event()
+        self._writes.put(("flush", done))
+        while not done.wait(FLUSH_CHECK_SECONDS):
+            if not writer.is_alive():
+                return
 
     def close(self) -> None:
-        """Write what is pending and close the file."""
+        """Write what is pending and close the file; a change asked for after that raises
+        :class:`RuntimeError`."""
+        if self._closed:
+            return
+        self._closed = True
         if self._writer is None:
             self._connection.close()
-        elif self._writer.is_alive():
+        else:
             self._writes.put(None)
             self._writer.join()
 
     def _send(self, change: _Change) -> None:
+        if self._closed:
+            raise RuntimeError(f"the ledger {self.path} is closed")
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="ledger writer", daemon=True)
             self._writer.start()
@@ -358,10 +372,11 @@ def _connect(path: str) -> sqlite3.Connection:
                 connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(_SCHEMA)
             return connection
-        except sqlite3.OperationalError as error:
+        except Exception as error:
             # a new file that another process sets up at the same moment (``serve --processes``):
             # turning it to WAL takes a lock that SQLite does not wait for
-            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+            busy = isinstance(error, sqlite3.OperationalError) and error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
                 connection.close()
                 raise
-            time.sleep(0.01)
+        time.sleep(0.01)

@@ -78,10 +78,8 @@ def error(
 
 def result_xml(request: Request, payload: str) -> str:
     """The text of :func:`result` to ``request`` carrying ``payload`` (the XML text of one element)."""
-    received = request.xml
-    ident = received.get("id")
-    ours = received.get("to") if getattr(request.stream, "is_component", False) else None
-    addressed = _addressed(ours, received.get("from"))
+    ident, ours, theirs = _addresses(request)
+    addressed = _addressed(ours, theirs)
     if ident is None:
         return f'<iq type="result"{addressed}>{payload}</iq>'
     return f'<iq type="result" id="{escape_attribute(ident)}"{addressed}>{payload}</iq>'

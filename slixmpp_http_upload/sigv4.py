@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -112,9 +111,6 @@ class HmacSha256:
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
-
-    def hexdigest(self, message: bytes) -> str:
-        return self.digest(message).hex()
 
 
 def signature(key: HmacSha256, to_sign: str) -> str:

@@ -316,15 +316,24 @@ def test_a_batch_refused_by_a_lock_is_written_once_the_lock_is_gone(tmp_path: Pa
     assert [key for _, key, gone in written(path) if gone] == ["k1"]
 
 
-def test_flush_after_close_returns(tmp_path: Path) -> None:
-    """It waited forever for a writer that had ended."""
+@pytest.mark.parametrize("was_written", [True, False], ids=["written", "never written"])
+def test_a_closed_ledger_refuses_changes_and_never_hangs(tmp_path: Path, was_written: bool) -> None:
+    """``flush()`` after ``close()`` waited forever for a writer that had ended; a change after
+    ``close()`` was dropped without a word, or (on a ledger never written) started a writer on
+    the closed file that retried for ever."""
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.add(record("k"))
+    if was_written:
+        ledger.add(record("k"))
     ledger.close()
+    with pytest.raises(RuntimeError, match="is closed"):
+        ledger.add(record("late"))
+    assert "late" not in ledger.records
     flushing = threading.Thread(target=ledger.flush, daemon=True)
     flushing.start()
     flushing.join(timeout=10)
     assert not flushing.is_alive()
+    ledger.close()  # twice: nothing more
+    assert [key for _, key, _ in written(tmp_path / "ledger.sqlite")] == (["k"] if was_written else [])
 
 
 def test_a_new_file_another_process_holds_is_opened_once_it_lets_go(tmp_path: Path) -> None:

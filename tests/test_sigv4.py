@@ -117,9 +117,8 @@ def test_signing_key_matches_the_aws_example():
 @example(key=b"k" * 65, message=b"a key longer than SHA-256's block is hashed first (RFC 2104)")
 def test_hmac_sha256_is_hmac_sha256(key: bytes, message: bytes) -> None:
     signer = sigv4.HmacSha256(key)
-    assert signer.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
     assert signer.digest(message) == hmac.digest(key, message, "sha256")
-    assert signer.hexdigest(message) == signer.hexdigest(message)  # the key's state is copied, never used up
+    assert signer.digest(message) == signer.digest(message)  # the key's state is copied, never used up
 
 
 def test_presigner_derives_the_signing_key_once_a_day(monkeypatch: pytest.MonkeyPatch) -> None:
