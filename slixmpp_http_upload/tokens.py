@@ -5,7 +5,9 @@ and a thread waiting for it (the ledger's writer, while it writes) is woken at e
 release and goes back to sleep when the event loop's thread takes the GIL again: a call per
 slot cost the process a context switch per slot (``bench/README.md``). A block is split into
 tokens at once; each is handed out once (a deque's ``popleft``, safe across threads), and a
-process made by ``fork`` starts with none of its parent's.
+process made by ``fork`` starts with none of its parent's. Up to ``BLOCK - 1`` tokens of each
+size wait in memory: a copy of the process's memory (a core dump, a cloned VM) holds the next
+slots' tokens, as it holds the keys that sign their URLs.
 """
 
 from __future__ import annotations
