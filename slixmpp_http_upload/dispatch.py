@@ -97,7 +97,8 @@ class QueueDispatcher:
         self.workers: list[asyncio.Task[None]] = []
         self.count = workers
         self.unfinished = [0] * workers
-        """Jobs submitted to each queue and not finished yet."""
+        """Jobs submitted to each queue and not finished yet (a new list when :meth:`close`
+        cancels the workers, which count down the one they were started with)."""
 
     def queue_index(self, key: str) -> int:
         """Which queue ``key`` (a requester's bare JID) always goes to."""
@@ -106,7 +107,6 @@ class QueueDispatcher:
     def submit(self, key: str, job: Job, on_failure: OnFailure | None = None) -> bool:
         if not self.queues:  # started on first use, inside the running loop
             self.queues = [asyncio.Queue(self.limit) for _ in range(self.count)]
-            self.unfinished = [0] * self.count
             self.workers = [
                 asyncio.ensure_future(self._work(queue, self.unfinished, index)) for index, queue in enumerate(self.queues)
             ]

@@ -65,7 +65,7 @@ def supervise(config: Config, config_file: Path, processes: int, verbose: bool) 
     argv = [sys.executable, "-m", "slixmpp_http_upload", "serve", "-c", str(config_file), "--worker"]
     if verbose:
         argv.append("--verbose")
-    open_ledger(config.http_upload).close()  # made (WAL) before the workers open it all at once
+    open_ledger(config.http_upload).close()  # one clear error here if it cannot be opened, not one per worker
     supervisor = Supervisor()
     previous = {signum: signal.signal(signum, supervisor.stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:

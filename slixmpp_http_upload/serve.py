@@ -1,7 +1,8 @@
 """``serve``: one upload component per served domain, kept connected until SIGINT or SIGTERM.
 
 Every component is an :class:`UploadComponent` (a :class:`slixmpp.ComponentXMPP` that offers each
-stanza read to the plugin first) with the ``http_upload_server`` plugin; all share one backend. With the ``local`` backend, or S3 with ``downloads = "redirect"``, the built-in HTTP server
+stanza read to the plugin first) with the ``http_upload_server`` plugin; all share one backend.
+With the ``local`` backend, or S3 with ``downloads = "redirect"``, the built-in HTTP server
 (:class:`~slixmpp_http_upload.http.HttpServer`) runs in the same loop, one for all domains,
 whatever the components' links are doing.
 

@@ -156,7 +156,7 @@ class Presigner:
         second = int(time.time() if now is None else now)
         if second != self._second:
             self._set_time(second)
-        query = self._queries.get((signed_headers, expires, extra_params)) or self._query(
+        query = self._queries.get((signed_headers, expires, extra_params)) or self._make_query(
             signed_headers, expires, extra_params
         )
         request = canonical_request(method, canonical_uri, query, header_block, signed_headers)
@@ -171,7 +171,7 @@ class Presigner:
         self._second, self._date = second, date
         self._queries.clear()
 
-    def _query(self, signed_headers: str, expires: int, extra_params: tuple[tuple[str, str], ...]) -> str:
+    def _make_query(self, signed_headers: str, expires: int, extra_params: tuple[tuple[str, str], ...]) -> str:
         """The canonical query string without the signature, made once a second for each
         signed-header list, expiry and extra parameters (:meth:`presign` looks in the cache first)."""
         params = [
