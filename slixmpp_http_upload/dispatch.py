@@ -121,11 +121,8 @@ class QueueDispatcher:
     @staticmethod
     async def _work(queue: asyncio.Queue[tuple[Job, OnFailure | None]], unfinished: list[int], index: int) -> None:
         while True:
-            job = await queue.get()
-            try:
-                await run_job(*job)
-            finally:
-                unfinished[index] -= 1
+            await run_job(*await queue.get())  # raises only when cancelled (by close, which drops the count)
+            unfinished[index] -= 1
 
     def close(self) -> None:
         for worker in self.workers:

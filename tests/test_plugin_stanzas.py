@@ -1135,6 +1135,20 @@ class TestAnswerAtOnce(UploadTest):
         self.recv(request_xml("2", "b.txt"))  # one slot per minute: the first counted once, not twice
         reply = self.next_sent()
         self.assertEqual((reply.get("id"), reply.get("type")), ("2", "error"))
+        self.assertIsNotNone(reply.find(f".//{{{STANZAS}}}resource-constraint"))
+
+    def test_a_slot_the_dialect_cannot_carry_takes_back_its_count(self) -> None:
+        class HeadersAtOnce(FixedBackend):
+            def slot_now(self, request: SlotRequest) -> Slot:
+                return Slot(put_url(request.filename), get_url(request.filename), self.headers)
+
+        self.start(backend_instance=HeadersAtOnce([("Authorization", "Basic x")]), rate_limit={"slots": 1, "seconds": 60})
+        with self.assertLogs("slixmpp_http_upload.plugin", logging.ERROR):
+            self.recv(request_xml("1", ns=NS_V02))  # a slot with headers, which this dialect cannot carry
+            self.expect(error_xml("1", "wait", "internal-server-error", NO_SLOT))
+        self.recv(request_xml("2", "b.txt"))  # the minute's one slot is still there
+        reply = self.next_sent()
+        self.assertEqual((reply.get("id"), reply.get("type")), ("2", "result"))
 
     def test_a_policy_hook_that_changes_its_jid_changes_nothing_else(self) -> None:
         async def policy(requester: JID, request: SlotRequest) -> str | None:

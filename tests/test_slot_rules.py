@@ -98,6 +98,14 @@ def test_size_with_too_many_digits_is_a_bad_request(size):
         request(size=size, max_file_size=10)
 
 
+@pytest.mark.parametrize("size", [str(2**63), "9" * 20, 2**63])
+def test_size_larger_than_any_file_is_a_bad_request(size):
+    # the ledger stores sizes as SQLite integers: 2^63-1 at most, whatever max_file_size
+    with pytest.raises(BadRequest, match="^The size is larger than any file can be.$"):
+        request(size=size, max_file_size=None)
+    assert request(size=str(2**63 - 1)).size == 2**63 - 1
+
+
 def test_max_file_size():
     assert request(size="1000", max_file_size=1000).size == 1000
     assert request(size=str(10**18), max_file_size=None).size == 10**18
