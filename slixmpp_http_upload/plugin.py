@@ -18,10 +18,12 @@ domain), ``backend_instance`` (a ready :class:`~slixmpp_http_upload.backends.Bac
 ``policy`` (see :mod:`slixmpp_http_upload.access`), ``accounting`` (a ready
 :class:`~slixmpp_http_upload.accounting.Accounting`, shared by components; by default one of its
 own over the ``ledger`` file), and ``own_stream``: True when nothing but slixmpp and this plugin
-handles or filters the stream (``serve``'s components, :class:`~slixmpp_http_upload.serve.UploadComponent`).
-Such a stream hands each plain slot request to :meth:`HttpUploadServer.take_element` as the
-element read, before slixmpp builds a stanza object of it, and writes the replies to one read
-together. A bot's stream keeps slixmpp's road, so its own handlers and filters see what they saw.
+handles or filters the stream (``serve``'s components): the replies of one turn of the event
+loop then leave in one write. ``serve``'s streams
+(:class:`~slixmpp_http_upload.serve.UploadComponent`) also hand each plain slot request to
+:meth:`HttpUploadServer.take_element` as the element read, before slixmpp builds a stanza object
+of it, and write the replies to one read when it is done. A bot's stream keeps slixmpp's road,
+so its own handlers and filters see what they saw.
 """
 
 from __future__ import annotations
