@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helpers import OFFLINE_S3, write_toml
+from helpers import offline_serve_config, write_toml
 
 from slixmpp_http_upload.accounting import Accounting, open_ledger
 from slixmpp_http_upload.backends import create_backend
@@ -80,10 +80,8 @@ class Stream:
 
 @pytest.fixture
 async def stream(tmp_path: Path) -> AsyncIterator[Stream]:
-    document = {
-        "component": {"server": "127.0.0.1", "port": 9, "secret": "any", "domains": ["localhost"]},
-        "http_upload": {"max_file_size": 1000, "ledger": str(tmp_path / "ledger.sqlite"), "s3": OFFLINE_S3},
-    }
+    document = offline_serve_config(9)
+    document["http_upload"]["ledger"] = str(tmp_path / "ledger.sqlite")
     config = load_config(write_toml(tmp_path / "config.toml", document))
     accounting = Accounting(config.http_upload, open_ledger(config.http_upload))
     xmpp = make_component(config, "localhost", create_backend(config.http_upload), accounting)
