@@ -104,14 +104,20 @@ def escape_attribute(value: str) -> str:
 
 
 def escape_text(value: str) -> str:
-    """``value`` as element text, as ``tostring`` writes it."""
-    return (
-        value.replace("&", "&amp;")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("'", "&apos;")
-        .replace('"', "&quot;")
-    )
+    """``value`` as element text, as ``tostring`` writes it. Each character is looked for before
+    it is replaced: looking is a fifth of the cost of a replace that finds nothing, and a slot's
+    URLs (every reply's longest text) hold none of them but ``&``."""
+    if "&" in value:
+        value = value.replace("&", "&amp;")
+    if "<" in value:
+        value = value.replace("<", "&lt;")
+    if ">" in value:
+        value = value.replace(">", "&gt;")
+    if "'" in value:
+        value = value.replace("'", "&apos;")
+    if '"' in value:
+        value = value.replace('"', "&quot;")
+    return value
 
 
 def _addresses(request: Request) -> tuple[str | None, str | None, str | None]:
