@@ -65,6 +65,17 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def sleeps(pid: int) -> int:
+    """How often the main thread of ``pid`` has gone to sleep so far (its voluntary context
+    switches, ``/proc/PID/task/PID/status``): for an event loop under load, each wait in
+    ``epoll_wait`` for the next read, so each wake-up for a read (and each wait for the GIL)."""
+    with open(f"/proc/{pid}/task/{pid}/status") as file:
+        for line in file:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds spent not idle by all cores together, since boot (``/proc/stat``)."""
     with open("/proc/stat") as file:

@@ -27,7 +27,12 @@ every name of a listener's ``hosts`` to each component that authenticates on it.
 
 For each it reports slots/s, p50/p90/p99 latency, and CPU per slot of the component process,
 of the XMPP server (from ``/proc/PID/stat``) and of the load client (its own ``time.process_time()``),
-measured run only, warm-up excluded, plus the ratios of ours to each. Any non-result reply fails the run.
+measured run only, warm-up excluded, plus the ratios of ours to each, and for each component
+how many slots it answered per wake-up ("slots/wake": slots over the voluntary context switches
+of its main thread, i.e. its waits in ``epoll_wait`` for the next read). Each wake-up costs a
+component a fixed amount on top of its work per slot (caches the XMPP server and the load client
+have used meanwhile, the loop's turn, three system calls): ``bench/README.md``, fourth pass.
+Any non-result reply fails the run.
 The load client (``bench/loadclient.py``) is raw asyncio sockets in its own process.
 
 Noise: every target runs ``--rounds`` times (default 3), interleaved, the order rotating. Before
@@ -79,6 +84,7 @@ from harness import (
     find_py_spy,
     machine_busy_seconds,
     process_tree,
+    sleeps,
     wait_for_quiet,
 )
 from loadclient import LoadClientProcess, LoadError
@@ -131,10 +137,13 @@ def measure(
     if args.warmup:
         client.run(jid, args.warmup, args.inflight, args.timeout)
     before = {name: tree_cpu_times(pid) for name, pid in processes.items()}
+    slept = tree_sleeps(processes["component"]) if "component" in processes else 0
     busy_before = machine_busy_seconds()
     stats = client.run(jid, args.requests, args.inflight, args.timeout)
     busy = machine_busy_seconds() - busy_before
     after = {name: tree_cpu_times(pid) for name, pid in processes.items()}
+    if "component" in processes:
+        slept = tree_sleeps(processes["component"]) - slept
     if stats["errors"] and not allow_errors:
         samples = "\n  ".join(stats["error_samples"])
         raise BenchError(f"{label}: {stats['errors']} of {args.requests} replies were errors, e.g.\n  {samples}")
@@ -157,6 +166,7 @@ def measure(
         "cpu_s": cpu,
         "cpu_us_per_slot": {name: seconds * 1e6 / answered for name, seconds in cpu.items()},
         "cpu_system_share": system_share,
+        **({"slots_per_wakeup": answered / slept} if "component" in processes and slept else {}),
         "machine_busy_cores": busy / stats["wall_s"],
         "foreign_busy_cores": foreign,
         "error_samples": stats["error_samples"],
@@ -167,6 +177,11 @@ def tree_cpu_times(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of ``pid`` and its children (``serve --processes``' workers)."""
     times = [cpu_times(member) for member in process_tree(pid)]
     return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
+def tree_sleeps(pid: int) -> int:
+    """How often the main threads of ``pid`` and its children have slept (see :func:`sleeps`)."""
+    return sum(sleeps(member) for member in process_tree(pid))
 
 
 def run_rounds(client: LoadClientProcess, server: Prosody, targets: list[Target], args: argparse.Namespace) -> None:
@@ -194,6 +209,8 @@ def representative(target: Target) -> dict[str, Any]:
     row["cpu_us_per_slot_median"] = {
         name: statistics.median(run["cpu_us_per_slot"][name] for run in clean) for name in row["cpu_us_per_slot"]
     }
+    if all("slots_per_wakeup" in run for run in clean):
+        row["slots_per_wakeup_median"] = statistics.median(run["slots_per_wakeup"] for run in clean)
     if target.component is not None:
         row["component_log"] = findings = target.component.log_findings()
         if findings["error_lines"]:
@@ -357,16 +374,18 @@ def print_table(rows: Sequence[dict[str, Any]], kind: str = "prosody") -> None:
     """slots/s and latencies of the median-rate run; CPU per slot: median over the runs."""
     header = (
         f"{'target':<36} {'slots/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
-        f"{'comp µs/slot':>12} {kind + ' µs/slot':>15} {'client µs/slot':>14}"
+        f"{'comp µs/slot':>12} {'slots/wake':>10} {kind + ' µs/slot':>15} {'client µs/slot':>14}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         per = row.get("cpu_us_per_slot_median", row["cpu_us_per_slot"])
         comp = f"{per['component']:.0f}" if "component" in per else "—"
+        batch = row.get("slots_per_wakeup_median", row.get("slots_per_wakeup"))
+        wake = f"{batch:.1f}" if batch is not None else "—"
         print(
             f"{row['label']:<36} {row['rate']:>9.0f} {row['latency_us']['p50']:>8.0f} {row['latency_us']['p99']:>8.0f} "
-            f"{comp:>12} {per['server']:>15.0f} {per['client']:>14.0f}"
+            f"{comp:>12} {wake:>10} {per['server']:>15.0f} {per['client']:>14.0f}"
         )
 
 
