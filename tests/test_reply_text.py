@@ -14,9 +14,11 @@ from __future__ import annotations
 from xml.etree import ElementTree as ET
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from slixmpp import ClientXMPP, ComponentXMPP
 from slixmpp.stanza import Iq
-from slixmpp.xmlstream.tostring import tostring
+from slixmpp.xmlstream.tostring import escape, tostring
 
 from slixmpp_http_upload import replies
 from slixmpp_http_upload.slot import Slot
@@ -77,6 +79,11 @@ def test_result_text_is_what_slixmpp_writes(
     expected = expected.translate(replies.CHARACTER_REFERENCES)  # what the guard's filter writes
     assert replies.result_xml(request, dialect.slot_xml(slot)) == expected
     assert ET.fromstring(expected).get("id") == attributes.get("id")  # tabs and line ends survive a parser
+
+
+@given(st.text(alphabet=st.sampled_from("&<>'\"a;#\t\u00e9\u2603") | st.characters()))
+def test_text_is_escaped_as_slixmpp_escapes_it(text: str) -> None:
+    assert replies.escape_text(text) == escape(text)
 
 
 def test_a_plain_stream_is_written_directly_once_started() -> None:
