@@ -2,8 +2,10 @@
 survive restarts. A record whose file was deleted on expiry stays in the file, marked gone, for
 a day (the longest window of a limit); ``purge`` forgets at once.
 
-The records live in memory (what the stanza path reads, and all that the commands read); in the
-file they are rows in the order written (``id``, never reused) with one index, on ``issued``, so
+The records live in memory (what the stanza path reads, and all that the commands read) — in
+``serve``, unless S3 downloads are redirected, only those of files that expire
+(:meth:`Ledger.keep_expiring_only`: a service whose files never expire needs no memory per file);
+in the file they are rows in the order written (``id``, never reused) with one index, on ``issued``, so
 that each new row lands at the end of both B-trees (a few µs, however long the table) and a
 record is found by ``(issued, key)``. Keys are unique (each holds a fresh random token): nothing
 in the file enforces it, as an index on the random key would cost a random B-tree write per slot.
@@ -125,15 +127,31 @@ class Ledger:
         self._writes: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None  # started by the first change
         self._closed = False
+        self.keeps_lasting = True
+        """Whether the records of files that never expire stay in memory too (see
+        :meth:`keep_expiring_only`)."""
 
     def add(self, record: SlotRecord) -> None:
         """Record a slot (written to the file soon after)."""
         self._send(record)
+        if record.expires is None:
+            if self.keeps_lasting:
+                self.records[record.key] = record
+            return
         self.records[record.key] = record
-        if record.expires is not None:
-            heapq.heappush(self._due, (record.expires, record.key))
-            if self._watcher is not None:
-                self._watcher(record.expires)
+        heapq.heappush(self._due, (record.expires, record.key))
+        if self._watcher is not None:
+            self._watcher(record.expires)
+
+    def keep_expiring_only(self) -> None:
+        """From now on hold in memory only the records of files that expire; the others are in
+        the file alone. For a process that has counted the limits over every record already
+        (:class:`~slixmpp_http_upload.accounting.Accounting` does so when it is made) and never
+        looks a file that never expires up by its key: ``serve``, unless S3 downloads are
+        redirected. :attr:`records`, :meth:`of` and :meth:`remove` see files that expire only."""
+        self.keeps_lasting = False
+        for key in [key for key, record in self.records.items() if record.expires is None]:
+            del self.records[key]
 
     def watch(self, watcher: Callable[[float], None]) -> None:
         """Have ``watcher(expires)`` called for each new record that expires."""

@@ -125,6 +125,8 @@ async def _serve(config: Config, standby: bool = True) -> int:
     try:
         sweeper = _sweeper(config.http_upload, ledger, backend)
         accounting = Accounting(config.http_upload, ledger)
+        if not isinstance(served_over_http(backend), S3Backend):  # only the S3 redirect looks files up in it
+            ledger.keep_expiring_only()
         return await _run(config, backend, accounting, sweeper, standby)
     finally:
         ledger.close()

@@ -87,6 +87,25 @@ def test_records_survive_a_restart(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600, "the ledger names every user: its owner's only"
 
 
+def test_a_ledger_may_hold_only_the_records_that_expire_in_memory(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.add(record("lasting-before"))
+    ledger.add(record("expiring-before", expires=NOW + 60))
+    ledger.keep_expiring_only()
+    ledger.add(record("lasting-after"))
+    ledger.add(record("expiring-after", expires=NOW + 120))
+    assert set(ledger.records) == {"expiring-before", "expiring-after"}
+    assert (ledger.expires("lasting-after"), ledger.expires("expiring-after")) == (None, NOW + 120)
+    assert [r.key for r in ledger.pop_due(NOW + 120)] == ["expiring-before", "expiring-after"]
+    ledger.close()
+    keys = ["lasting-before", "expiring-before", "lasting-after", "expiring-after"]
+    assert [key for _, key, gone in written(path) if not gone] == keys, "the file has every record"
+    again = Ledger(path)
+    assert sorted(again.records) == sorted(keys)
+    again.close()
+
+
 def test_gone_records_stay_a_day_for_the_limits(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     now = time.time()

@@ -159,6 +159,31 @@ async def test_metrics_endpoint_counts_slots_and_refusals(
     assert await asyncio.to_thread(process.wait, 5) == 0
 
 
+async def test_files_kept_for_ever_count_against_the_quota_after_a_restart(
+    prosody: Prosody, start_serve: Any, xmpp_clients: Any, tmp_path: Path
+) -> None:
+    """``serve`` holds in memory only the records of files that expire (``Ledger.keep_expiring_only``),
+    once it has counted every record of its ledger for the limits."""
+    document = serve_config(prosody, S3, max_file_size=MAX_FILE_SIZE)
+    document["http_upload"] |= {"total_quota": 25, "ledger": str(tmp_path / "ledger.sqlite")}
+    xmpp = await xmpp_clients.connect(prosody)
+    upload = xmpp.plugin["xep_0363"]
+    for run in ("first", "restarted"):
+        process = start_serve(document)
+        await xmpp_clients.wait_for_service(xmpp, UPLOAD_JID)
+        if run == "first":
+            for name in ("a.txt", "b.txt"):
+                await upload.request_slot(UPLOAD_JID, name, 10, "text/plain", timeout=5)
+            process.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 5) == 0
+    with pytest.raises(IqError) as refused:
+        await upload.request_slot(UPLOAD_JID, "c.txt", 10, "text/plain", timeout=5)
+    assert refused.value.iq["error"]["condition"] == "resource-constraint"
+    await upload.request_slot(UPLOAD_JID, "d.txt", 5, "text/plain", timeout=5)  # what still fits
+    process.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 5) == 0
+
+
 # --------------------------------------------------------------- fake servers
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
