@@ -1,6 +1,7 @@
 """The built-in HTTP server of the ``local`` backend, through a real server on a loopback port:
 every PUT rule, GET/HEAD with their headers, ranges and conditions, CORS, paths that try to
-leave the root, a client that goes away or goes silent, the upload limit and a full disk."""
+leave the root, a client that goes away or goes silent (in its body or its request head), the
+upload limit and a full disk."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import load_config
 from slixmpp_http_upload.filestore import TEMPORARY
 from slixmpp_http_upload.http import HttpServer
+from slixmpp_http_upload.http.server import REQUEST_HEAD_TIMEOUT
 from slixmpp_http_upload.local import LocalBackend
 from slixmpp_http_upload.metrics import SlotMetrics
 from slixmpp_http_upload.options import ConfigError
@@ -91,6 +93,7 @@ async def serving(
     http: Mapping[str, Any] | None = None,
     metrics: bool = False,
     idle_timeout: float = 60,
+    head_timeout: float = REQUEST_HEAD_TIMEOUT,
     expiry: Callable[[str], float | None] | None = None,
 ) -> AsyncIterator[Served]:
     port = (http or {}).get("port") or free_port()
@@ -101,7 +104,7 @@ async def serving(
     if expiry is not None:  # what serve does with its ledger
         backend.expiry = expiry
     sources = [SlotMetrics("upload.example.org")] if metrics else None
-    server = HttpServer(config.http, backend, sources, idle_timeout=idle_timeout)
+    server = HttpServer(config.http, backend, sources, idle_timeout=idle_timeout, head_timeout=head_timeout)
     try:
         await server.start()
     except BaseException:
@@ -565,6 +568,102 @@ async def test_a_silent_client_is_dropped(tmp_path: Path) -> None:
         assert status_of(answer) == 408
         assert not served.leftovers() and not served.stored()
         assert (await served.put(slot, b"x" * 100)).status == 201
+
+
+# A client that never completes its request head (slowloris) is closed HEAD_TIMEOUT after the
+# connection opened or after its last response; a body and a download are not timed by it.
+
+HEAD_TIMEOUT = 1.0
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sends until it closes the connection, which must be within 10 deadlines."""
+    try:
+        return await asyncio.wait_for(reader.read(), 10 * HEAD_TIMEOUT)
+    except ConnectionResetError:  # closed with our unread bytes in its buffer
+        return b""
+
+
+async def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
+    async with serving(tmp_path, head_timeout=HEAD_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        assert await until_closed(reader) == b""
+        writer.close()
+        assert status_of(await raw_request(served.port, head("GET", "/no/file"))) == 404  # the server goes on
+
+
+async def test_a_request_head_trickled_byte_by_byte_is_closed(tmp_path: Path) -> None:
+    async with serving(tmp_path, head_timeout=HEAD_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        endless = head("GET", "/no/file", "X-Slow: " + "a" * 200)[:-4]  # 5 bytes a second: 50 s at least
+
+        async def trickle() -> None:
+            for byte in endless:
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.2)
+
+        sending = asyncio.create_task(trickle())
+        try:
+            assert await until_closed(reader) == b""
+        finally:
+            sending.cancel()
+            writer.close()
+
+
+async def test_a_kept_alive_connection_has_the_deadline_again_after_each_response(tmp_path: Path) -> None:
+    async with serving(tmp_path, head_timeout=HEAD_TIMEOUT) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        for _ in range(2):
+            writer.write(head("GET", "/no/file"))
+            assert status_of(await asyncio.wait_for(read_answer(reader), 10)) == 404
+        writer.write(head("GET", "/no/file")[:-2])  # all but the blank line that ends the head
+        assert await until_closed(reader) == b""
+        writer.close()
+
+
+async def test_a_slow_body_is_not_cut_by_the_head_deadline(tmp_path: Path) -> None:
+    """The body takes three deadlines (within ``idle_timeout`` between bytes) and is stored; the
+    deadline starts again after the 201: a GET right after it on the connection is answered, and
+    then, with nothing more, the connection is closed."""
+    async with serving(tmp_path, head_timeout=HEAD_TIMEOUT, idle_timeout=60) as served:
+        slot = served.slot("slow.bin", 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(head("PUT", slot.put_url, "Content-Length: 10"))
+        for byte in b"0123456789":
+            await asyncio.sleep(3 * HEAD_TIMEOUT / 10)
+            writer.write(bytes([byte]))
+        assert status_of(await asyncio.wait_for(read_answer(reader), 10)) == 201
+        writer.write(head("GET", slot.get_url))
+        answer = await asyncio.wait_for(read_answer(reader), 10)
+        assert status_of(answer) == 200 and answer.endswith(b"\r\n\r\n0123456789")
+        assert await until_closed(reader) == b""
+        writer.close()
+
+
+async def test_a_slow_reader_gets_the_whole_download(tmp_path: Path) -> None:
+    """The client reads 2.5 MB/s through a small receive window: the server is still sending
+    (4 MB at most fit in its socket's buffer) seconds after the deadline; the file arrives whole,
+    then the connection is closed."""
+    async with serving(tmp_path, head_timeout=HEAD_TIMEOUT) as served:
+        body = secrets.token_bytes(10 * 1024 * 1024)
+        slot = await served.upload(body, "big.bin", "application/octet-stream")
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", served.port))
+        reader, writer = await asyncio.open_connection(sock=client)
+        writer.write(head("GET", slot.get_url))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert status_of(answer) == 200
+        received = bytearray()
+        while len(received) < len(body):
+            chunk = await asyncio.wait_for(reader.read(256 * 1024), 10)
+            assert chunk, f"cut after {len(received)} bytes"
+            received += chunk
+            await asyncio.sleep(0.1)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(body).digest()
+        assert await until_closed(reader) == b""
+        writer.close()
 
 
 async def test_a_second_server_on_the_same_root_leaves_uploads_in_progress_alone(served: Served) -> None:

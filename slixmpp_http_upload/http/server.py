@@ -41,6 +41,14 @@ STOP_GRACE = 5.0
 """Seconds that requests in progress get to finish when the server stops (then they are
 cancelled: an unfinished upload leaves nothing)."""
 
+REQUEST_HEAD_TIMEOUT = 60.0
+"""Seconds a connection has to deliver a complete request head (request line and headers), from
+the moment it opens and again after each response on a kept-alive connection; then it is closed.
+Bytes arriving do not push the deadline back, so a client that trickles a head (slowloris) is
+dropped as surely as one that sends nothing; an idle kept-alive connection lasts as long. A body
+being uploaded and a response being sent are not timed by it (see ``IDLE_TIMEOUT`` of
+:mod:`.upload` for bodies; a slow reader may take its time)."""
+
 
 class _ServerLog(logging.LoggerAdapter):
     """aiohttp's server log, where a request that is not valid HTTP is one line at info at most
@@ -91,7 +99,9 @@ def make_app(
 
 
 class HttpServer:
-    """Runs :func:`make_app` on ``settings.bind``/``port`` (https with ``tls_cert``/``tls_key``)."""
+    """Runs :func:`make_app` on ``settings.bind``/``port`` (https with ``tls_cert``/``tls_key``);
+    a connection without a complete request head for ``head_timeout`` seconds is closed (see
+    :data:`REQUEST_HEAD_TIMEOUT`)."""
 
     def __init__(
         self,
@@ -100,12 +110,21 @@ class HttpServer:
         metrics: Sequence[SlotMetrics] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         lookup: Lookup | None = None,
+        head_timeout: float = REQUEST_HEAD_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.backend = backend
         app = make_app(settings, backend, metrics, idle_timeout, lookup)
+        # aiohttp's keep-alive timer is exactly the head deadline: armed when a connection opens
+        # (from aiohttp 3.14.4 on, hence its minimum in setup.cfg) and after each response, it
+        # closes the connection only while it waits for a request (never during a body or a
+        # response), and data arriving does not re-arm it.
         self.runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=STOP_GRACE, logger=_ServerLog(logging.getLogger("aiohttp.server"))
+            app,
+            access_log=None,
+            shutdown_timeout=STOP_GRACE,
+            keepalive_timeout=head_timeout,
+            logger=_ServerLog(logging.getLogger("aiohttp.server")),
         )
 
     async def start(self) -> None:
