@@ -35,7 +35,7 @@ from typing import Any
 from slixmpp_http_upload.accounting import Accounting, open_ledger
 from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import load_config
-from slixmpp_http_upload.serve import make_component
+from slixmpp_http_upload.serve import make_component, trim_ledger
 
 JID = "upload.localhost"
 STREAM_HEADER = (
@@ -108,7 +108,9 @@ async def run(args: argparse.Namespace) -> list[float]:
         config = load_config(write_config(Path(tmp), args.backend, args.http_upload))
         ledger = open_ledger(config.http_upload)
         accounting = Accounting(config.http_upload, ledger)
-        xmpp = make_component(config, "localhost", create_backend(config.http_upload), accounting)
+        backend = create_backend(config.http_upload)
+        trim_ledger(ledger, backend)  # as serve does
+        xmpp = make_component(config, "localhost", backend, accounting)
         transport = CountingTransport()
         xmpp.connection_made(transport)  # type: ignore[arg-type]
         sender = asyncio.ensure_future(xmpp.run_filters())  # what connect() starts: the send queue

@@ -125,11 +125,17 @@ async def _serve(config: Config, standby: bool = True) -> int:
     try:
         sweeper = _sweeper(config.http_upload, ledger, backend)
         accounting = Accounting(config.http_upload, ledger)
-        if not isinstance(served_over_http(backend), S3Backend):  # only the S3 redirect looks files up in it
-            ledger.keep_expiring_only()
+        trim_ledger(ledger, backend)
         return await _run(config, backend, accounting, sweeper, standby)
     finally:
         ledger.close()
+
+
+def trim_ledger(ledger: Ledger, backend: Backend) -> None:
+    """Once the limits have counted every record: hold in memory only the records of files that
+    expire, unless the S3 download redirect looks every download up in them."""
+    if not isinstance(served_over_http(backend), S3Backend):
+        ledger.keep_expiring_only()
 
 
 def _sweeper(settings: UploadSettings, ledger: Ledger, backend: Backend) -> Sweeper | None:
