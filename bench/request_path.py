@@ -35,7 +35,7 @@ from typing import Any
 from slixmpp_http_upload.accounting import Accounting, open_ledger
 from slixmpp_http_upload.backends import create_backend
 from slixmpp_http_upload.config import load_config
-from slixmpp_http_upload.serve import make_component, trim_ledger
+from slixmpp_http_upload.serve import keeps_every_record, make_component
 
 JID = "upload.localhost"
 STREAM_HEADER = (
@@ -106,10 +106,9 @@ def write_config(directory: Path, backend: str, extra: list[str]) -> Path:
 async def run(args: argparse.Namespace) -> list[float]:
     with tempfile.TemporaryDirectory(prefix="bench-path-") as tmp:
         config = load_config(write_config(Path(tmp), args.backend, args.http_upload))
-        ledger = open_ledger(config.http_upload)
-        accounting = Accounting(config.http_upload, ledger)
         backend = create_backend(config.http_upload)
-        trim_ledger(ledger, backend)  # as serve does
+        ledger = open_ledger(config.http_upload, lasting=keeps_every_record(backend))  # as serve does
+        accounting = Accounting(config.http_upload, ledger)
         xmpp = make_component(config, "localhost", backend, accounting)
         transport = CountingTransport()
         xmpp.connection_made(transport)  # type: ignore[arg-type]

@@ -20,11 +20,11 @@ from .options import ConfigError
 from .slot import Slot, SlotRequest
 
 
-def open_ledger(settings: UploadSettings, path: str = "http_upload") -> Ledger:
-    """The ledger ``settings`` name (in memory when none); a file that cannot be opened is a
-    :class:`ConfigError` on ``<path>.ledger``."""
+def open_ledger(settings: UploadSettings, path: str = "http_upload", *, lasting: bool = True) -> Ledger:
+    """The ledger ``settings`` name (in memory when none; see :class:`Ledger` for ``lasting``); a
+    file that cannot be opened is a :class:`ConfigError` on ``<path>.ledger``."""
     try:
-        return Ledger(settings.ledger or IN_MEMORY)
+        return Ledger(settings.ledger or IN_MEMORY, lasting=lasting)
     except Exception as error:  # sqlite3.Error, or an OSError on the folder
         raise ConfigError(f"{path}.ledger", f"cannot open {settings.ledger!r}: {error}") from None
 
@@ -50,8 +50,7 @@ class Accounting:
         self.quotas = quotas(settings)
         self._limited = self.quotas.active
         if self._limited:
-            # oldest first, gone or not: each window forgets from its front
-            for record in sorted((*ledger.history, *ledger.records.values()), key=lambda record: record.issued):
+            for record in ledger.counted():  # oldest first: each window forgets from its front
                 self.quotas.count(self._usage(record.owner, record.purpose, record.size, record.issued, record.expires))
 
     def admit(self, request: SlotRequest) -> OverLimit | Usage:

@@ -3,9 +3,9 @@ survive restarts. A record whose file was deleted on expiry stays in the file, m
 a day (the longest window of a limit); ``purge`` forgets at once.
 
 The records live in memory (what the stanza path reads, and all that the commands read) — in
-``serve``, unless S3 downloads are redirected, only those of files that expire
-(:meth:`Ledger.keep_expiring_only`: a service whose files never expire needs no memory per file);
-in the file they are rows in the order written (``id``, never reused) with one index, on ``issued``, so
+``serve``, unless S3 downloads are redirected, only those of files that expire (``lasting =
+False``: a service whose files never expire needs no memory per file, on start either, as the
+limits count the file's rows as they are read: :meth:`Ledger.counted`); in the file they are rows in the order written (``id``, never reused) with one index, on ``issued``, so
 that each new row lands at the end of both B-trees (a few µs, however long the table) and a
 record is found by ``(issued, key)``. Keys are unique (each holds a fresh random token): nothing
 in the file enforces it, as an index on the random key would cost a random B-tree write per slot.
@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -105,53 +105,51 @@ _Change = SlotRecord | tuple[str, object]
 
 
 class Ledger:
-    """The records of one ledger file (``:memory:`` for none), loaded on open."""
+    """The records of one ledger file (``:memory:`` for none), loaded on open: those of files not
+    gone, or with ``lasting`` False only those of files that expire (:attr:`records`, :meth:`of`
+    and :meth:`remove` then know nothing of the others, which the file keeps all the same)."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, lasting: bool = True) -> None:
         self.path = str(path)
+        self._lasting = lasting
         self._connection = _connect(self.path)
-        rows = self._connection.execute(f"SELECT {_COLUMNS}, gone, id FROM slots ORDER BY issued").fetchall()
-        self.last_row = max((row[-1] for row in rows), default=0)
+        self._connection.execute(_PRUNE, (time.time() - DAY,))
+        self.last_row: int = self._connection.execute("SELECT max(id) FROM slots").fetchone()[0] or 0
         """The ``id`` of the newest row when the file was read: rows after it are not in memory
         unless this process wrote them."""
-        rows = [row[:-1] for row in rows]
-        self.records: dict[str, SlotRecord] = {row[0]: SlotRecord(*row[:-1]) for row in rows if not row[-1]}
-        self.history = [SlotRecord(*row[:-1]) for row in rows if row[-1] and row[6] > time.time() - DAY]
-        """The slots of the last day whose files are gone (what the limits' windows still count)."""
+        kept = "gone = 0" if lasting else "gone = 0 AND expires IS NOT NULL"
+        rows = self._connection.execute(f"SELECT {_COLUMNS} FROM slots WHERE {kept} ORDER BY issued")
+        self.records: dict[str, SlotRecord] = {record.key: record for record in map(SlotRecord._make, rows)}
         self._due = [(record.expires, key) for key, record in self.records.items() if record.expires is not None]
         heapq.heapify(self._due)
         self._watcher: Callable[[float], None] | None = None
-        self._connection.execute(_PRUNE, (time.time() - DAY,))
         self._insert_rows = _insert_rows(self._connection)
         self._next_prune = time.monotonic() + PRUNE_SECONDS
         self._writes: queue.SimpleQueue[_Change | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None  # started by the first change
         self._closed = False
-        self.keeps_lasting = True
-        """Whether the records of files that never expire stay in memory too (see
-        :meth:`keep_expiring_only`)."""
+
+    def counted(self) -> Iterator[SlotRecord]:
+        """What the limits count, oldest first, as the file holds it: the records of files not
+        gone, and of those gone within the last day (the windows still count them). Read as it
+        is consumed, so that no list of every record is ever made; call it before any change
+        (:class:`~slixmpp_http_upload.accounting.Accounting` does, when it is made)."""
+        rows = self._connection.execute(
+            f"SELECT {_COLUMNS} FROM slots WHERE gone = 0 OR issued > ? ORDER BY issued", (time.time() - DAY,)
+        )
+        return map(SlotRecord._make, rows)
 
     def add(self, record: SlotRecord) -> None:
         """Record a slot (written to the file soon after)."""
         self._send(record)
         if record.expires is None:
-            if self.keeps_lasting:
+            if self._lasting:
                 self.records[record.key] = record
             return
         self.records[record.key] = record
         heapq.heappush(self._due, (record.expires, record.key))
         if self._watcher is not None:
             self._watcher(record.expires)
-
-    def keep_expiring_only(self) -> None:
-        """From now on hold in memory only the records of files that expire; the others are in
-        the file alone. For a process that has counted the limits over every record already
-        (:class:`~slixmpp_http_upload.accounting.Accounting` does so when it is made) and never
-        looks a file that never expires up by its key: ``serve``, unless S3 downloads are
-        redirected. :attr:`records`, :meth:`of` and :meth:`remove` see files that expire only."""
-        self.keeps_lasting = False
-        for key in [key for key, record in self.records.items() if record.expires is None]:
-            del self.records[key]
 
     def watch(self, watcher: Callable[[float], None]) -> None:
         """Have ``watcher(expires)`` called for each new record that expires."""

@@ -120,22 +120,22 @@ def configure_logging(verbose: bool, worker: bool = False) -> None:
 
 async def _serve(config: Config, standby: bool = True) -> int:
     backend = create_backend(config.http_upload)
-    ledger = open_ledger(config.http_upload)
-    log.info("ledger %s: %d files recorded", ledger.path, len(ledger.records))
+    lasting = keeps_every_record(backend)
+    ledger = open_ledger(config.http_upload, lasting=lasting)
+    kept = "" if lasting else " that expire (the others are in the file only)"
+    log.info("ledger %s: %d files recorded%s", ledger.path, len(ledger.records), kept)
     try:
         sweeper = _sweeper(config.http_upload, ledger, backend)
         accounting = Accounting(config.http_upload, ledger)
-        trim_ledger(ledger, backend)
         return await _run(config, backend, accounting, sweeper, standby)
     finally:
         ledger.close()
 
 
-def trim_ledger(ledger: Ledger, backend: Backend) -> None:
-    """Once the limits have counted every record: hold in memory only the records of files that
-    expire, unless the S3 download redirect looks every download up in them."""
-    if not isinstance(served_over_http(backend), S3Backend):
-        ledger.keep_expiring_only()
+def keeps_every_record(backend: Backend) -> bool:
+    """Whether ``serve`` holds the records of files that never expire in memory too: only the S3
+    download redirect looks them up (every download)."""
+    return isinstance(served_over_http(backend), S3Backend)
 
 
 def _sweeper(settings: UploadSettings, ledger: Ledger, backend: Backend) -> Sweeper | None:

@@ -88,21 +88,25 @@ def test_records_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_a_ledger_may_hold_only_the_records_that_expire_in_memory(tmp_path: Path) -> None:
+    """``serve`` (without the S3 download redirect) holds in memory only the records of files
+    that expire; the limits count the others from the file as it is read."""
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
-    ledger.add(record("lasting-before"))
-    ledger.add(record("expiring-before", expires=NOW + 60))
-    ledger.keep_expiring_only()
-    ledger.add(record("lasting-after"))
-    ledger.add(record("expiring-after", expires=NOW + 120))
-    assert set(ledger.records) == {"expiring-before", "expiring-after"}
-    assert (ledger.expires("lasting-after"), ledger.expires("expiring-after")) == (None, NOW + 120)
-    assert [r.key for r in ledger.pop_due(NOW + 120)] == ["expiring-before", "expiring-after"]
+    ledger.add(record("lasting-before", issued=NOW))
+    ledger.add(record("expiring-before", issued=NOW + 1, expires=NOW + 60))
     ledger.close()
+    trimmed = Ledger(path, lasting=False)
+    assert [r.key for r in trimmed.counted()] == ["lasting-before", "expiring-before"]
+    trimmed.add(record("lasting-after", issued=NOW + 2))
+    trimmed.add(record("expiring-after", issued=NOW + 3, expires=NOW + 120))
+    assert list(trimmed.records) == ["expiring-before", "expiring-after"]
+    assert (trimmed.expires("lasting-after"), trimmed.expires("expiring-after")) == (None, NOW + 120)
+    assert [r.key for r in trimmed.pop_due(NOW + 120)] == ["expiring-before", "expiring-after"]
+    trimmed.close()
     keys = ["lasting-before", "expiring-before", "lasting-after", "expiring-after"]
     assert [key for _, key, gone in written(path) if not gone] == keys, "the file has every record"
     again = Ledger(path)
-    assert sorted(again.records) == sorted(keys)
+    assert list(again.records) == keys
     again.close()
 
 
@@ -119,14 +123,16 @@ def test_gone_records_stay_a_day_for_the_limits(tmp_path: Path) -> None:
     ledger.close()
     again = Ledger(path)
     assert rows(path) == [("recent", 1)], "gone for more than a day: pruned"
-    assert (again.records, [r.key for r in again.history]) == ({}, ["recent"])
+    assert (again.records, [r.key for r in again.counted()]) == ({}, ["recent"])
     again.close()
 
 
+@pytest.mark.parametrize("lasting", [True, False], ids=["all in memory", "expiring in memory"])
 @pytest.mark.parametrize("gone", [0, 1], ids=["older gone", "newer gone"])
-def test_counts_survive_a_restart(tmp_path: Path, gone: int) -> None:
+def test_counts_survive_a_restart(tmp_path: Path, gone: int, lasting: bool) -> None:
     """Gone records count as the live ones do, in the order they were issued: the windows
-    forget the oldest first."""
+    forget the oldest first. Files that never expire count whether or not the ledger holds their
+    records in memory."""
     settings = parse_upload_settings({"rate_limit": {"slots": 2, "seconds": 300}, "ledger": str(tmp_path / "l.sqlite")})
     alice = JID("alice@localhost/phone")
     request = SlotRequest("a.txt", 10, None, DOMAIN, alice)
@@ -141,7 +147,7 @@ def test_counts_survive_a_restart(tmp_path: Path, gone: int) -> None:
         clock[0] += 1
     ledger.remove([f"https://f.example/{gone}"])  # the file is gone: its slot still counts
     ledger.close()
-    restarted = Accounting(settings, Ledger(settings.ledger), clock=lambda: clock[0])
+    restarted = Accounting(settings, Ledger(settings.ledger, lasting=lasting), clock=lambda: clock[0])
     refusal = restarted.admit(request)
     assert isinstance(refusal, OverLimit) and refusal.retry is not None
     assert refusal.retry.timestamp() == math.ceil(first + 300), "the first slot leaves the window first"

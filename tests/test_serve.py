@@ -162,8 +162,8 @@ async def test_metrics_endpoint_counts_slots_and_refusals(
 async def test_files_kept_for_ever_count_against_the_quota_after_a_restart(
     prosody: Prosody, start_serve: Any, xmpp_clients: Any, tmp_path: Path
 ) -> None:
-    """``serve`` holds in memory only the records of files that expire (``Ledger.keep_expiring_only``),
-    once it has counted every record of its ledger for the limits."""
+    """``serve`` holds in memory only the records of files that expire (``Ledger(lasting=False)``),
+    but its limits count every record of its ledger file."""
     document = serve_config(prosody, S3, max_file_size=MAX_FILE_SIZE)
     document["http_upload"] |= {"total_quota": 25, "ledger": str(tmp_path / "ledger.sqlite")}
     xmpp = await xmpp_clients.connect(prosody)
