@@ -5,23 +5,23 @@ a day (the longest window of a limit); ``purge`` forgets at once.
 The records live in memory (what the stanza path reads, and all that the commands read) — in
 ``serve``, unless S3 downloads are redirected, only those of files that expire (``lasting =
 False``: a service whose files never expire needs no memory per file, on start either, as the
-limits count the file's rows as they are read: :meth:`Ledger.counted`); in the file they are rows in the order written (``id``, never reused) with one index, on ``issued``, so
-that each new row lands at the end of both B-trees (a few µs, however long the table) and a
-record is found by ``(issued, key)``. Keys are unique (each holds a fresh random token): nothing
-in the file enforces it, as an index on the random key would cost a random B-tree write per slot.
-A writer thread mirrors each change to the database (WAL journal) in batches of
-:data:`BATCH_SECONDS`, so no request waits for the disk; a batch that could not be written is
-tried again (:data:`RETRY_SECONDS`). A batch is one transaction, its new rows INSERT statements
-of up to :data:`INSERT_ROWS` rows each (~2 µs of CPU a row, against ~6 µs for a statement per
-row: ``bench/ledger_insert.py``). Few statements matter twice: SQLite works per statement
-(opening the table and its index, ``AUTOINCREMENT``'s ``sqlite_sequence``), and each statement
-lets go of the GIL, which the writer must then win back from the event loop's thread — a busy
-loop lets go of it and takes it back between any two reads, waking the writer each time, so
-every hand-off costs both threads CPU and can keep the writer waiting, behind the slots handed
-out, for seconds under full load. :meth:`Ledger.flush` waits until
-everything asked so far is written. Other processes (``sweep``, ``purge``) may open
-the same file at the same time; what one removes, another's memory still holds until it starts
-again.
+limits count the file's rows as they are read: :meth:`Ledger.counted`); in the file they are
+rows in the order written (``id``, never reused) with one index, on ``issued``, so that each new
+row lands at the end of both B-trees (a few µs, however long the table) and a record is found by
+``(issued, key)``. Keys are unique (each holds a fresh random token): nothing in the file
+enforces it, as an index on the random key would cost a random B-tree write per slot. A writer
+thread mirrors each change to the database (WAL journal) in batches of :data:`BATCH_SECONDS`, so
+no request waits for the disk; a batch that could not be written is tried again
+(:data:`RETRY_SECONDS`). A batch is one transaction, its new rows INSERT statements of up to
+:data:`INSERT_ROWS` rows each (~2 µs of CPU a row, against ~6 µs for a statement per row:
+``bench/ledger_insert.py``). Few statements matter twice: SQLite works per statement (opening
+the table and its index, ``AUTOINCREMENT``'s ``sqlite_sequence``), and each statement lets go of
+the GIL, which the writer must then win back from the event loop's thread — a busy loop lets go
+of it and takes it back between any two reads, waking the writer each time, so every hand-off
+costs both threads CPU and can keep the writer waiting, behind the slots handed out, for seconds
+under full load. :meth:`Ledger.flush` waits until everything asked so far is written. Other
+processes (``sweep``, ``purge``) may open the same file at the same time; what one removes,
+another's memory still holds until it starts again.
 """
 
 from __future__ import annotations
@@ -142,14 +142,13 @@ class Ledger:
     def add(self, record: SlotRecord) -> None:
         """Record a slot (written to the file soon after)."""
         self._send(record)
-        if record.expires is None:
-            if self._lasting:
-                self.records[record.key] = record
-            return
+        if record.expires is None and not self._lasting:
+            return  # in the file only
         self.records[record.key] = record
-        heapq.heappush(self._due, (record.expires, record.key))
-        if self._watcher is not None:
-            self._watcher(record.expires)
+        if record.expires is not None:
+            heapq.heappush(self._due, (record.expires, record.key))
+            if self._watcher is not None:
+                self._watcher(record.expires)
 
     def watch(self, watcher: Callable[[float], None]) -> None:
         """Have ``watcher(expires)`` called for each new record that expires."""
